@@ -1,0 +1,60 @@
+"""drip: DRop unImportant data Points, decided online from Grad-CAM scores (arXiv 2504.08364).
+
+The device path is ``DripScorer`` -> ``Thresholds`` -> ``DripFilter`` -> ``SampleStore``; the
+Training Phase (``training_phase``, ``calibrate``) produces the thresholds before deployment.
+"""
+
+from .calibrate import BandTrial, TrainingPhaseResult, calibrate, choose_q_high, training_phase
+from .cam import CAM_METHODS, CamResult, LayerGradCam
+from .errors import (
+    DripError,
+    DripInputError,
+    DripModelError,
+    DripModelMismatchError,
+    DripStoreError,
+    DripThresholdsError,
+)
+from .filter import ClassCounters, Decision, DripFilter
+from .models import MODELS, build_model, digits_cnn
+from .score import STATISTICS, DripScorer, ScoredBatch, score_in_batches
+from .store import SampleStore, StoredSample
+from .thresholds import Thresholds, model_fingerprint
+from .train import History, TrainConfig, evaluate, fit, predict_logits
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CAM_METHODS",
+    "MODELS",
+    "STATISTICS",
+    "BandTrial",
+    "CamResult",
+    "ClassCounters",
+    "Decision",
+    "DripError",
+    "DripFilter",
+    "DripInputError",
+    "DripModelError",
+    "DripModelMismatchError",
+    "DripScorer",
+    "DripStoreError",
+    "DripThresholdsError",
+    "History",
+    "LayerGradCam",
+    "SampleStore",
+    "ScoredBatch",
+    "StoredSample",
+    "Thresholds",
+    "TrainConfig",
+    "TrainingPhaseResult",
+    "build_model",
+    "calibrate",
+    "choose_q_high",
+    "digits_cnn",
+    "evaluate",
+    "fit",
+    "model_fingerprint",
+    "predict_logits",
+    "score_in_batches",
+    "training_phase",
+]

@@ -1,0 +1,296 @@
+"""Grad-CAM of one layer, batched, for per-sample classes, on 1-D and 2-D layers.
+
+Two paths give the same maps:
+
+* **closed form**, when the layer is followed only by global average pooling and a linear layer:
+  then dz_c/dA_k = W[c, k] / |S| at every position, so no backward pass is needed at all;
+* **autograd**, for any other head: the forward runs without recording a graph up to the layer,
+  the layer's output becomes a leaf, and ``torch.autograd.grad`` differentiates the selected logits
+  with respect to that leaf only (no parameter gradients, no backward through the trunk).
+
+Hooks live for one call and are removed in ``finally``; the model's train/eval mode and its
+``requires_grad`` flags are left as found; calls work inside ``torch.no_grad()`` and
+``torch.inference_mode()``. Maps are raw (ReLU'd, never min-max normalised): their magnitude is what
+makes scores comparable across samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .errors import DripInputError, DripModelError
+
+CamMethod = Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]
+CamPath = Literal["auto", "closed_form", "autograd"]
+CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
+
+_POOL_OR_RESHAPE = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)
+
+
+@dataclass(frozen=True)
+class CamResult:
+    """Heatmaps ``maps: (B, *S)`` (ReLU'd, raw) and the model's ``logits: (B, C)``."""
+
+    maps: torch.Tensor
+    logits: torch.Tensor
+
+
+def resolve_layer(model: nn.Module, layer: nn.Module | str) -> tuple[nn.Module, str]:
+    """The module ``layer`` (a module inside ``model`` or its dotted name) and its dotted name."""
+    if isinstance(layer, str):
+        try:
+            return model.get_submodule(layer), layer
+        except AttributeError:
+            names = [name for name, _ in model.named_modules() if name]
+            raise DripModelError(
+                f"layer: no module named {layer!r} in {type(model).__name__}; some names it has: {names[-8:]}"
+            ) from None
+    for name, module in model.named_modules():
+        if module is layer:
+            return module, name
+    raise DripModelError(f"layer: {type(layer).__name__} is not a module inside the model")
+
+
+def _execution_atoms(module: nn.Module, stop: nn.Module) -> Iterator[nn.Module]:
+    """Modules of nested ``nn.Sequential`` containers in execution order, ``stop`` kept whole."""
+    if isinstance(module, nn.Sequential) and module is not stop:
+        for child in module:
+            yield from _execution_atoms(child, stop)
+    else:
+        yield module
+
+
+def _is_global_pool(module: nn.Module) -> bool:
+    size = getattr(module, "output_size", None)
+    if isinstance(module, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+        return size == 1 or (isinstance(size, tuple) and all(s == 1 for s in size))
+    return False
+
+
+def find_gap_linear_head(model: nn.Module, layer: nn.Module) -> nn.Linear | None:
+    """The linear head if ``model`` is a Sequential whose ``layer`` is followed only by GAP + Linear.
+
+    A model of another structure can declare its head with a ``drip_head`` attribute (the dotted
+    name of the linear layer); the scorer then checks the claim against the logits on first use.
+    """
+    declared = getattr(model, "drip_head", None)
+    if isinstance(declared, str):
+        head, _ = resolve_layer(model, declared)
+        return head if isinstance(head, nn.Linear) else None
+    if not isinstance(model, nn.Sequential):
+        return None
+    atoms = list(_execution_atoms(model, layer))
+    if layer not in atoms:
+        return None
+    tail = atoms[atoms.index(layer) + 1 :]
+    if not tail or not isinstance(tail[-1], nn.Linear):
+        return None
+    between = tail[:-1]
+    if all(isinstance(m, _POOL_OR_RESHAPE) for m in between) and any(map(_is_global_pool, between)):
+        return tail[-1]
+    return None
+
+
+@contextlib.contextmanager
+def _one_call_hook(layer: nn.Module, hook: Callable) -> Iterator[None]:
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _combine(method: str, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """ReLU(sum_k weight_k * A_k) for ``method``; ``gradients`` broadcast against (B, K, *S)."""
+    spatial = tuple(range(2, activations.dim()))
+    batch, channels = activations.shape[:2]
+    if method in ("hirescam", "layercam"):
+        grads = gradients.clamp(min=0) if method == "layercam" else gradients
+        cam = (grads * activations).sum(1)
+        return torch.relu(cam)
+    if method == "gradcam":
+        weights = gradients.mean(spatial) if spatial else gradients
+        weights = weights.reshape(batch, channels)
+    elif method == "xgradcam":
+        total = activations.sum(spatial, keepdim=True)
+        safe = torch.where(total == 0, torch.ones_like(total), total)
+        weights = (activations * gradients / safe).sum(spatial) if spatial else gradients
+    elif method == "gradcam++":
+        grads = gradients.expand_as(activations)
+        squared, cubed = grads.pow(2), grads.pow(3)
+        total = activations.sum(spatial, keepdim=True) if spatial else activations
+        denominator = 2 * squared + total * cubed
+        alpha = torch.where(denominator != 0, squared / denominator, torch.zeros_like(squared))
+        weights = (alpha * grads.clamp(min=0)).sum(spatial) if spatial else alpha * grads.clamp(min=0)
+    else:
+        raise DripInputError(f"method: expected one of {CAM_METHODS}, got {method!r}")
+    flat = activations.reshape(batch, channels, math.prod(activations.shape[2:]))
+    cam = torch.bmm(weights.reshape(batch, 1, channels).to(flat.dtype), flat)
+    return torch.relu(cam.reshape(batch, *activations.shape[2:]))
+
+
+class LayerGradCam:
+    """Grad-CAM (Selvaraju et al. 2017) of ``layer`` in ``model`` for given per-sample classes.
+
+    ``path="auto"`` takes the closed form when ``layer`` is followed only by global average pooling
+    and a linear layer (found in a Sequential, declared by ``head``, or by a ``drip_head``
+    attribute), else autograd. Unlike captum's ``LayerGradCam`` the ReLU is always applied and
+    classes are per sample. ``method`` selects a variant on the same activations and gradients:
+    Grad-CAM++, XGrad-CAM, HiResCAM or LayerCAM.
+
+    Example::
+
+        cam = LayerGradCam(model, "features.relu3")
+        result = cam(x, y)     # x: (B, C, H, W), y: (B,) -> result.maps: (B, h, w)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: nn.Module | str,
+        *,
+        head: nn.Module | str | None = None,
+        path: CamPath = "auto",
+        method: CamMethod = "gradcam",
+    ) -> None:
+        if method not in CAM_METHODS:
+            raise DripInputError(f"method: expected one of {CAM_METHODS}, got {method!r}")
+        if path not in ("auto", "closed_form", "autograd"):
+            raise DripInputError(f"path: expected 'auto', 'closed_form' or 'autograd', got {path!r}")
+        self.model = model
+        self.layer, self.layer_name = resolve_layer(model, layer)
+        self.method = method
+        linear = resolve_layer(model, head)[0] if head is not None else None
+        if linear is None and path != "autograd":
+            linear = find_gap_linear_head(model, self.layer)
+        if linear is not None and not isinstance(linear, nn.Linear):
+            raise DripModelError(f"head: expected an nn.Linear, got {type(linear).__name__}")
+        if path == "closed_form" and linear is None:
+            raise DripModelError(
+                f"path='closed_form' needs layer {self.layer_name!r} to be followed only by global "
+                "average pooling and an nn.Linear; pass head= or use path='autograd'"
+            )
+        self.head: nn.Linear | None = None if path == "autograd" else linear
+        self._head_verified = False
+
+    @property
+    def closed_form(self) -> bool:
+        """Whether maps come from the closed form (no backward pass)."""
+        return self.head is not None
+
+    def __call__(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> CamResult:
+        """Maps for ``x: (B, ...)`` and ``classes: (B,)`` (None: each sample's predicted class)."""
+        if self.head is not None:
+            return self._closed_form(x, classes)
+        return self._autograd(x, classes)
+
+    def _forward_capturing(self, x: torch.Tensor, replace: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        captured: list[torch.Tensor] = []
+
+        def hook(module: nn.Module, inputs: tuple, output: object) -> torch.Tensor | None:
+            if not isinstance(output, torch.Tensor) or output.dim() < 2:
+                raise DripModelError(
+                    f"layer {self.layer_name!r} must output a tensor (B, K, ...), got "
+                    f"{type(output).__name__}{tuple(getattr(output, 'shape', ()))}"
+                )
+            if captured:
+                raise DripModelError(
+                    f"layer {self.layer_name!r} ran more than once in one forward pass; "
+                    "Grad-CAM needs a layer that runs once"
+                )
+            if not replace:
+                captured.append(output)
+                return None
+            leaf = output.detach().requires_grad_(True)
+            captured.append(leaf)
+            # Record the graph from here on only; the clone keeps in-place ops after the layer
+            # (e.g. ReLU(inplace=True)) off the leaf.
+            torch.set_grad_enabled(True)
+            return leaf.clone()
+
+        with _one_call_hook(self.layer, hook):
+            logits = self.model(x)
+        if not captured:
+            raise DripModelError(f"layer {self.layer_name!r} did not run in the model's forward")
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+            raise DripModelError(
+                f"model: expected logits of shape (B={x.shape[0]}, C), got "
+                f"{type(logits).__name__}{tuple(getattr(logits, 'shape', ()))}"
+            )
+        return captured[0], logits
+
+    def _classes(self, classes: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+        if classes is None:
+            return logits.detach().argmax(1)
+        if classes.shape != (logits.shape[0],):
+            raise DripInputError(f"classes: expected shape ({logits.shape[0]},), got {tuple(classes.shape)}")
+        classes = classes.to(device=logits.device, dtype=torch.int64)
+        if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= logits.shape[1]):
+            raise DripInputError(
+                f"classes: expected values in [0, {logits.shape[1]}), got "
+                f"[{int(classes.min())}, {int(classes.max())}]"
+            )
+        return classes
+
+    def _closed_form(self, x: torch.Tensor, classes: torch.Tensor | None) -> CamResult:
+        assert self.head is not None
+        with torch.no_grad():
+            activations, logits = self._forward_capturing(x, replace=False)
+            if not self._head_verified:
+                self._verify_head(activations, logits)
+            classes = self._classes(classes, logits)
+            positions = math.prod(activations.shape[2:])
+            weights = self.head.weight[classes] / positions
+            shape = (*activations.shape[:2], *([1] * (activations.dim() - 2)))
+            maps = _combine(self.method, activations, weights.reshape(shape))
+        return CamResult(maps=maps, logits=logits)
+
+    def _verify_head(self, activations: torch.Tensor, logits: torch.Tensor) -> None:
+        """Check once that logits == GAP(A) @ W.T + b, the premise of the closed form."""
+        assert self.head is not None
+        spatial = tuple(range(2, activations.dim()))
+        pooled = activations.mean(spatial) if spatial else activations
+        try:
+            expected = nn.functional.linear(pooled, self.head.weight, self.head.bias)
+        except RuntimeError as err:
+            raise DripModelError(
+                f"head: the linear head does not take layer {self.layer_name!r}'s channels: {err}"
+            ) from None
+        scale = max(1.0, float(logits.abs().max())) if logits.numel() else 1.0
+        if expected.shape != logits.shape or not torch.allclose(
+            expected, logits, rtol=1e-3, atol=1e-4 * scale
+        ):
+            raise DripModelError(
+                f"layer {self.layer_name!r} is not followed only by global average pooling and "
+                "the declared linear head (the logits differ), so the closed form would be "
+                "wrong; use path='autograd'"
+            )
+        self._head_verified = bool(logits.numel())
+
+    def _autograd(self, x: torch.Tensor, classes: torch.Tensor | None) -> CamResult:
+        was_enabled = torch.is_grad_enabled()
+        try:
+            with torch.inference_mode(False):
+                torch.set_grad_enabled(False)
+                activations, logits = self._forward_capturing(x, replace=True)
+                classes = self._classes(classes, logits)
+                if not logits.requires_grad:
+                    raise DripModelError(
+                        f"model: the logits do not depend differentiably on layer {self.layer_name!r}"
+                    )
+                selected = logits.gather(1, classes[:, None]).sum()
+                (gradients,) = torch.autograd.grad(selected, activations, allow_unused=True)
+        finally:
+            torch.set_grad_enabled(was_enabled)
+        if gradients is None:
+            raise DripModelError(f"model: the logits do not depend on layer {self.layer_name!r}'s output")
+        with torch.no_grad():
+            maps = _combine(self.method, activations.detach(), gradients)
+        return CamResult(maps=maps, logits=logits.detach())

@@ -1,0 +1,173 @@
+"""The online decision: score each incoming labelled sample, keep it if it lies inside its band.
+
+``DripFilter`` is what runs on the device. It validates every sample, scores it with the scorer
+whose model the thresholds were calibrated on, and stores what it keeps. A bad sample raises
+``DripInputError`` and changes nothing: no counter, no stored row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import DripInputError, DripModelMismatchError
+from .score import DripScorer
+from .store import SampleStore
+from .thresholds import ABOVE_HIGH, BELOW_LOW, Thresholds
+from .validation import as_tensor
+
+KEPT, ABOVE, BELOW, STORE_FULL = "kept", "above_high", "below_low", "store_full"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What happened to one sample: ``kept`` and why (``reason``), with its score and label.
+
+    ``reason`` is ``"kept"``, ``"above_high"`` (redundant), ``"below_low"`` (suspect) or
+    ``"store_full"`` (inside the band, but the store refused it). ``sample_id`` is the store's row
+    id of a kept sample.
+    """
+
+    kept: bool
+    score: float
+    label: int
+    reason: str
+    sample_id: int | None = None
+
+
+@dataclass
+class ClassCounters:
+    """Per-class tallies of what the filter saw and did."""
+
+    seen: list[int]
+    kept: list[int]
+    dropped: list[int]
+    rejected: list[int]
+
+    @classmethod
+    def zeros(cls, num_classes: int) -> ClassCounters:
+        return cls(*([0] * num_classes for _ in range(4)))
+
+    @property
+    def storage_saving(self) -> float:
+        """1 - kept / seen over all classes (0 before anything was seen)."""
+        seen = sum(self.seen)
+        return 1.0 - sum(self.kept) / seen if seen else 0.0
+
+
+class DripFilter:
+    """Keep a sample when its DRIP score lies inside its class's calibrated band.
+
+    ``store`` may be None to decide without storing (e.g. to measure a band). The thresholds must
+    come from the scorer's own model (checked by weight fingerprint, statistic and layer);
+    ``allow_model_mismatch=True`` overrides that check.
+
+    Example::
+
+        kept = DripFilter(scorer, Thresholds.load("t.json"), SampleStore("kept.sqlite"))
+        decision = kept.offer(x, 7)      # x: one sample, e.g. (1, 8, 8)
+    """
+
+    def __init__(
+        self,
+        scorer: DripScorer,
+        thresholds: Thresholds,
+        store: SampleStore | None = None,
+        *,
+        allow_model_mismatch: bool = False,
+    ) -> None:
+        thresholds.check_model(scorer.model, allow_mismatch=allow_model_mismatch)
+        if not allow_model_mismatch:
+            for name, expected, found in (
+                ("statistic", thresholds.statistic, scorer.statistic),
+                ("layer", thresholds.layer, scorer.layer_name),
+                ("target", thresholds.target, scorer.target),
+            ):
+                if expected and expected != found:
+                    raise DripModelMismatchError(
+                        f"thresholds were calibrated with {name} {expected!r}, the scorer uses {found!r}"
+                    )
+        num_classes = scorer.num_classes
+        if num_classes is not None and num_classes != thresholds.num_classes:
+            raise DripModelMismatchError(
+                f"thresholds have {thresholds.num_classes} classes, the model {num_classes}"
+            )
+        self.scorer = scorer
+        self.thresholds = thresholds
+        self.store = store
+        self.counters = ClassCounters.zeros(thresholds.num_classes)
+
+    def offer(self, x: Any, y: Any, *, source: str | None = None) -> Decision:
+        """Decide on one sample ``x`` (no batch dimension) with label ``y``."""
+        tensor = as_tensor(x, "x")
+        if tensor.dim() == 0:
+            raise DripInputError("x: expected one sample (e.g. (C, H, W)), got a scalar")
+        labels = as_tensor(y, "y")
+        if labels.dim() > 1 or labels.numel() != 1:
+            raise DripInputError(f"y: expected one label for one sample, got shape {tuple(labels.shape)}")
+        return self.offer_batch(tensor.unsqueeze(0), labels.reshape(1), sources=[source])[0]
+
+    def offer_batch(self, xs: Any, ys: Any, *, sources: Sequence[str | None] | None = None) -> list[Decision]:
+        """Decide on a batch ``xs: (B, ...)`` with labels ``ys: (B,)``; one decision per sample.
+
+        The kept samples of the batch are stored in one transaction; counters change only after
+        it committed.
+        """
+        batch = self.scorer.score_batch(xs, ys)
+        inputs, labels, scores = batch.x, batch.y, batch.scores
+        if sources is not None and len(sources) != len(labels):
+            raise DripInputError(f"sources: got {len(sources)} for {len(labels)} samples")
+        if labels.numel() and int(labels.max()) >= self.thresholds.num_classes:
+            raise DripInputError(
+                f"y: label {int(labels.max())} is out of range, expected [0, {self.thresholds.num_classes})"
+            )
+        if not len(labels):
+            return []
+        if not torch.isfinite(scores).all():
+            bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+            raise DripInputError(
+                f"x: samples {bad[:10]} got a non-finite score (the model overflowed on them); "
+                "nothing was stored"
+            )
+        position = self.thresholds.position(scores, labels)
+        keep = (position == 0).tolist()
+        keep_index = [i for i, k in enumerate(keep) if k]
+        sample_ids: list[int | None] = [None] * len(labels)
+        if self.store is not None and keep_index:
+            kept_ids = self.store.add_batch(
+                inputs[keep_index],
+                labels[keep_index].tolist(),
+                scores[keep_index].tolist(),
+                [sources[i] for i in keep_index] if sources is not None else None,
+            )
+            for i, sample_id in zip(keep_index, kept_ids):
+                sample_ids[i] = sample_id
+        return self._record(scores.tolist(), labels.tolist(), position.tolist(), keep, sample_ids)
+
+    def _record(
+        self,
+        scores: list[float],
+        labels: list[int],
+        position: list[int],
+        keep: list[bool],
+        sample_ids: list[int | None],
+    ) -> list[Decision]:
+        decisions = []
+        counters = self.counters
+        for score, label, where, inside, sample_id in zip(scores, labels, position, keep, sample_ids):
+            counters.seen[label] += 1
+            if inside and (self.store is None or sample_id is not None):
+                counters.kept[label] += 1
+                decisions.append(Decision(True, score, label, KEPT, sample_id))
+            elif inside:
+                counters.rejected[label] += 1
+                decisions.append(Decision(False, score, label, STORE_FULL))
+            else:
+                counters.dropped[label] += 1
+                reason = ABOVE if where == ABOVE_HIGH else BELOW
+                assert where in (ABOVE_HIGH, BELOW_LOW)
+                decisions.append(Decision(False, score, label, reason))
+        return decisions

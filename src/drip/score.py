@@ -1,0 +1,199 @@
+"""The DRIP score: a statistic of the labelled class's Grad-CAM map, and the scorer that computes it.
+
+Direction, defined here once: a **high** score means the model already sees strong evidence for
+the label (the sample is redundant, safe to drop); a score near zero means weak or contrary
+evidence (informative, or mislabelled / corrupted).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .cam import CamMethod, CamPath, LayerGradCam
+from .errors import DripInputError, DripModelError
+from .validation import check_inputs, check_labels
+
+
+def score_mean(maps: torch.Tensor) -> torch.Tensor:
+    """Mean heat per position (the default DRIP score); 0 for an empty (all-zero) map."""
+    return maps.flatten(1).mean(1)
+
+
+def score_max(maps: torch.Tensor) -> torch.Tensor:
+    """Peak heat; 0 for an empty map."""
+    return maps.flatten(1).amax(1)
+
+
+def score_sum(maps: torch.Tensor) -> torch.Tensor:
+    """Total heat: the mean times the number of positions."""
+    return maps.flatten(1).sum(1)
+
+
+def score_entropy(maps: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of the map normalised to a distribution; 0 for an empty map.
+
+    Low entropy means the evidence is concentrated in few positions. An all-zero map has no
+    distribution; it gets 0, the same as a map with all heat in one place.
+    """
+    flat = maps.flatten(1)
+    total = flat.sum(1, keepdim=True)
+    probs = flat / torch.where(total > 0, total, torch.ones_like(total))
+    return -(probs * torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))).sum(1)
+
+
+def score_coverage(maps: torch.Tensor) -> torch.Tensor:
+    """Fraction of positions hotter than half the map's maximum; 0 for an empty map."""
+    flat = maps.flatten(1)
+    peak = flat.amax(1, keepdim=True)
+    hot = (flat > 0.5 * peak) & (peak > 0)
+    return hot.to(flat.dtype).mean(1)
+
+
+STATISTICS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "mean": score_mean,
+    "max": score_max,
+    "sum": score_sum,
+    "entropy": score_entropy,
+    "coverage": score_coverage,
+}
+
+Target = Literal["label", "predicted"]
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """One scored batch: validated ``x``, labels ``y: (B,)``, ``maps: (B, *S)``,
+    ``logits: (B, C)`` and ``scores: (B,)``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    maps: torch.Tensor
+    logits: torch.Tensor
+    scores: torch.Tensor
+
+
+class DripScorer:
+    """DRIP scores of labelled samples: ``statistic(ReLU(Grad-CAM map of the label's class))``.
+
+    ``layer`` is a module inside ``model`` or its dotted name; ``None`` takes the model's
+    ``drip_layer`` attribute (every model in ``drip.models`` names its post-activation target).
+    Maps are taken at the layer's own resolution, raw (no min-max normalisation, no upsampling).
+    The scorer never changes the model's mode or ``requires_grad`` flags: put the model in
+    ``eval()`` mode yourself (a model left in training mode would update BatchNorm statistics
+    while scoring; the scorer warns once).
+
+    What the default score measures: with a global-average-pooling + linear head,
+    dz_c/dA_k = W[c, k] / |S|, so the map before the ReLU is M = sum_k W[c, k] A_k / |S| and its
+    mean is exactly (z_c - b_c) / |S|. The ``mean`` score is therefore
+    (z_y - b_y) / |S| + mean(ReLU(-M)): the labelled-class logit, scaled, plus what the ReLU cut
+    off; close to a logit-confidence score, and worth comparing with the loss.
+
+    Example::
+
+        scorer = DripScorer(model, "features.5")
+        scores = scorer(x, y)            # x: (B, 1, 8, 8), y: (B,) -> (B,)
+        maps = scorer.heatmaps(x, y)     # (B, 4, 4): the layer's spatial shape
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: nn.Module | str | None = None,
+        statistic: str = "mean",
+        target: Target = "label",
+        *,
+        head: nn.Module | str | None = None,
+        path: CamPath = "auto",
+        cam: CamMethod = "gradcam",
+        input_shape: Sequence[int] | None = None,
+    ) -> None:
+        if statistic not in STATISTICS:
+            raise DripInputError(f"statistic: expected one of {sorted(STATISTICS)}, got {statistic!r}")
+        if target not in ("label", "predicted"):
+            raise DripInputError(f"target: expected 'label' or 'predicted', got {target!r}")
+        if layer is None:
+            layer = getattr(model, "drip_layer", None)
+            if layer is None:
+                raise DripModelError(
+                    f"layer: {type(model).__name__} names no target layer (no drip_layer "
+                    "attribute); pass layer= (a post-activation module or its dotted name)"
+                )
+        self.model = model
+        self.statistic = statistic
+        self.target = target
+        self.cam = LayerGradCam(model, layer, head=head, path=path, method=cam)
+        shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+        self.input_shape: tuple[int, ...] | None = tuple(shape) if shape is not None else None
+        self._warned_training = False
+
+    @property
+    def layer_name(self) -> str:
+        """Dotted name of the target layer inside the model."""
+        return self.cam.layer_name
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes, when the model declares it (or its linear head shows it)."""
+        declared = getattr(self.model, "num_classes", None)
+        if declared is not None:
+            return int(declared)
+        return self.cam.head.out_features if self.cam.head is not None else None
+
+    def _parameter(self) -> torch.Tensor | None:
+        return next(self.model.parameters(), None)
+
+    def prepare(self, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validated ``x: (B, ...)`` on the model's device and dtype, and labels ``y: (B,)``."""
+        parameter = self._parameter()
+        dtype = parameter.dtype if parameter is not None else torch.float32
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        inputs = check_inputs(x, sample_shape=self.input_shape, dtype=dtype, device=device)
+        labels = check_labels(y, count=inputs.shape[0], num_classes=self.num_classes, device=device)
+        return inputs, labels
+
+    def score_batch(self, x: Any, y: Any) -> ScoredBatch:
+        """Validate a batch, then compute its maps, logits and scores in one pass."""
+        inputs, labels = self.prepare(x, y)
+        if self.model.training and not self._warned_training:
+            warnings.warn(
+                "DripScorer: the model is in training mode; scores of a model in eval() mode are "
+                "what thresholds are calibrated on",
+                stacklevel=3,
+            )
+            self._warned_training = True
+        try:
+            result = self.cam(inputs, labels if self.target == "label" else None)
+        except RuntimeError as err:
+            raise DripInputError(
+                f"x: the model's forward failed on input of shape {tuple(inputs.shape)}: {err}"
+            ) from None
+        scores = STATISTICS[self.statistic](result.maps)
+        return ScoredBatch(inputs, labels, result.maps, result.logits, scores)
+
+    def heatmaps(self, x: Any, y: Any) -> torch.Tensor:
+        """Raw Grad-CAM maps ``(B, *S)`` of the target class at the layer's resolution."""
+        return self.score_batch(x, y).maps
+
+    def __call__(self, x: Any, y: Any) -> torch.Tensor:
+        """DRIP scores ``(B,)`` of ``x: (B, ...)`` with labels ``y: (B,)``; high = redundant."""
+        return self.score_batch(x, y).scores
+
+
+def score_in_batches(
+    scorer: DripScorer, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores ``(N,)`` and logits ``(N, C)`` of a whole data set, a batch at a time."""
+    scores, logits = [], []
+    for start in range(0, len(x), batch_size):
+        batch = scorer.score_batch(x[start : start + batch_size], y[start : start + batch_size])
+        scores.append(batch.scores.cpu())
+        logits.append(batch.logits.cpu())
+    if not scores:
+        return torch.empty(0), torch.empty(0, 0)
+    return torch.cat(scores), torch.cat(logits)

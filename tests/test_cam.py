@@ -1,0 +1,236 @@
+"""Grad-CAM: values by hand, closed form == autograd == an independent reference, no side effects."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import gap_model, mlp_head_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from drip.cam import CAM_METHODS, LayerGradCam, find_gap_linear_head
+from drip.errors import DripModelError
+from drip.models import digits_cnn
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def test_gap_head_map_matches_hand_computation():
+    # The layer is the identity on a 2-channel 2x2 input, so A = x and dz_c/dA_k = W[c, k] / 4.
+    model = nn.Sequential(nn.Identity(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))
+    with torch.no_grad():
+        model[3].weight.copy_(torch.tensor([[2.0, -1.0], [0.5, 1.0]]))
+        model[3].bias.zero_()
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[4.0, 0.0], [1.0, 8.0]]]])
+    for path in ("closed_form", "autograd"):
+        cam = LayerGradCam(model, "0", path=path)
+        maps = cam(x, torch.tensor([0])).maps
+        # class 0: (2*A0 - 1*A1) / 4 = [[-2, 4], [5, 0]] / 4, then ReLU
+        assert torch.allclose(maps, torch.tensor([[[0.0, 1.0], [1.25, 0.0]]])), path
+        maps = cam(x, torch.tensor([1])).maps
+        # class 1: (0.5*A0 + 1*A1) / 4 = [[4.5, 1], [2.5, 10]] / 4
+        assert torch.allclose(maps, torch.tensor([[[1.125, 0.25], [0.625, 2.5]]])), path
+
+
+def test_flatten_head_map_matches_hand_computation():
+    # Flatten + Linear: dz_c/dA_{k,s} = W[c, 2k + s]; alpha_k is its mean over the 2 positions.
+    model = nn.Sequential(nn.Identity(), nn.Flatten(), nn.Linear(4, 1))
+    with torch.no_grad():
+        model[2].weight.copy_(torch.tensor([[1.0, 3.0, -2.0, 0.0]]))
+    x = torch.tensor([[[1.0, 2.0], [3.0, -1.0]]])  # (B=1, K=2, T=2)
+    maps = LayerGradCam(model, "0")(x, torch.tensor([0])).maps
+    # alpha = [(1+3)/2, (-2+0)/2] = [2, -1]; map = 2*[1, 2] - 1*[3, -1] = [-1, 5] -> ReLU [0, 5]
+    assert torch.equal(maps, torch.tensor([[0.0, 5.0]]))
+
+
+@pytest.mark.parametrize("one_d", [False, True])
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_closed_form_equals_autograd(one_d, method):
+    for seed in range(3):
+        model = gap_model(one_d=one_d, seed=seed)
+        x = torch.randn(16, 2, *((11,) if one_d else (7, 5)))
+        y = torch.randint(0, 4, (16,))
+        closed = LayerGradCam(model, "3", path="closed_form", method=method)(x, y)
+        auto = LayerGradCam(model, "3", path="autograd", method=method)(x, y)
+        assert closed.maps.shape == (16, *x.shape[2:])
+        assert relative_error(closed.maps, auto.maps) < 1e-5
+        assert torch.allclose(closed.logits, auto.logits)
+
+
+def reference_gradcam(model: nn.Sequential, layer_index: int, x, y):
+    """Independent Grad-CAM: run the layers by hand, keep A, full autograd.grad of the logits."""
+    activations = x
+    for module in model[: layer_index + 1]:
+        activations = module(activations)
+    activations = activations.detach().requires_grad_(True)
+    out = activations
+    for module in model[layer_index + 1 :]:
+        out = module(out)
+    (grads,) = torch.autograd.grad(out[torch.arange(len(y)), y].sum(), activations)
+    alpha = grads.mean(dim=(2, 3), keepdim=True)
+    return torch.relu((alpha * activations).sum(1)).detach()
+
+
+def test_autograd_path_equals_independent_reference_for_mlp_head():
+    model = mlp_head_model()
+    x = torch.randn(32, 1, 8, 8)
+    y = torch.randint(0, 5, (32,))
+    cam = LayerGradCam(model, "4")
+    assert not cam.closed_form
+    expected = reference_gradcam(model, 4, x, y)
+    assert relative_error(cam(x, y).maps, expected) < 1e-5
+
+
+@pytest.mark.parametrize("factory", [lambda: gap_model(), mlp_head_model])
+def test_batch_of_one_equals_row_of_batch(factory):
+    model = factory()
+    layer = "3" if isinstance(model[-1], nn.Linear) and model[-1].in_features == 6 else "4"
+    x = torch.randn(64, *((2, 6, 6) if layer == "3" else (1, 8, 8)))
+    y = torch.randint(0, 4, (64,))
+    cam = LayerGradCam(model, layer)
+    batch = cam(x, y).maps
+    for i in (0, 17, 63):
+        single = cam(x[i : i + 1], y[i : i + 1]).maps
+        assert torch.allclose(single[0], batch[i], rtol=1e-5, atol=1e-6)
+
+
+def hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+class UnusedBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(4, 2)
+        self.spare = nn.ReLU()
+
+    def forward(self, x):
+        return self.head(x)
+
+
+class Exploding(nn.Module):
+    def forward(self, x):
+        raise RuntimeError("boom inside the model")
+
+
+@pytest.mark.parametrize("path", ["closed_form", "autograd"])
+@pytest.mark.parametrize("training", [False, True])
+def test_no_side_effects_on_model(path, training):
+    model = gap_model()
+    model.train(training)
+    model[0].weight.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    cam = LayerGradCam(model, "3", path=path)
+    cam(torch.randn(4, 2, 5, 5), torch.tensor([0, 1, 2, 3]))
+    assert hook_count(model) == 0
+    assert model.training is training
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("path", ["closed_form", "autograd"])
+def test_hooks_removed_and_grad_mode_restored_after_exception(path):
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 1),
+        nn.ReLU(),
+        Exploding(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(3, 2),
+    )
+    cam = LayerGradCam(model, "1", head="5", path=path)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="boom"):
+        cam(torch.randn(2, 2, 3, 3), torch.tensor([0, 1]))
+    assert hook_count(model) == 0
+    assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_works_inside_no_grad_and_inference_mode(context):
+    model = mlp_head_model()
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 5, (8,))
+    expected = LayerGradCam(model, "4")(x, y).maps
+    with context():
+        got = LayerGradCam(model, "4")(x, y).maps
+    assert torch.allclose(got, expected)
+
+
+def test_inplace_activation_after_the_layer_is_harmless():
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+    x, y = torch.randn(3, 1, 6, 6), torch.tensor([0, 1, 0])
+    maps = LayerGradCam(model, "0")(x, y).maps
+    assert maps.shape == (3, 4, 4)
+    assert torch.isfinite(maps).all()
+
+
+def test_predicted_class_when_no_classes_given():
+    model = gap_model()
+    x = torch.randn(5, 2, 4, 4)
+    cam = LayerGradCam(model, "3")
+    result = cam(x)
+    assert torch.allclose(result.maps, cam(x, result.logits.argmax(1)).maps)
+
+
+def test_gap_head_is_detected_only_where_it_holds():
+    model = digits_cnn()
+    assert find_gap_linear_head(model, model.relu3) is model.fc
+    assert find_gap_linear_head(model, model.relu2) is None  # a conv follows
+    assert find_gap_linear_head(mlp_head_model(), mlp_head_model()[4]) is None
+    assert LayerGradCam(model, "relu3").closed_form
+
+
+def test_wrong_declared_head_is_refused():
+    model = mlp_head_model()
+    model.drip_head = "8"  # a linear layer, but not after GAP of layer 4
+    with pytest.raises(DripModelError, match="head"):
+        LayerGradCam(model, "4", path="closed_form")(torch.randn(2, 1, 8, 8), torch.tensor([0, 1]))
+
+
+def test_layer_errors_are_clear():
+    model = gap_model()
+    with pytest.raises(DripModelError, match="no module named"):
+        LayerGradCam(model, "nope")
+    with pytest.raises(DripModelError, match="not a module inside"):
+        LayerGradCam(model, nn.ReLU())
+    shared = nn.ReLU()
+    twice = nn.Sequential(
+        nn.Conv2d(1, 2, 1), shared, nn.Conv2d(2, 2, 1), shared, nn.Flatten(), nn.Linear(8, 2)
+    )
+    with pytest.raises(DripModelError, match="more than once"):
+        LayerGradCam(twice, shared)(torch.randn(1, 1, 2, 2), torch.tensor([0]))
+    unused = UnusedBranch()
+    with pytest.raises(DripModelError, match="did not run"):
+        LayerGradCam(unused, "spare")(torch.randn(1, 4), torch.tensor([0]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batch=st.integers(1, 9),
+    height=st.integers(1, 6),
+    width=st.integers(1, 6),
+    scale=st.floats(1e-3, 1e3),
+)
+def test_maps_are_nonnegative_and_paths_agree_for_any_size(batch, height, width, scale):
+    model = gap_model()
+    x = torch.randn(batch, 2, height, width) * scale
+    y = torch.randint(0, 4, (batch,))
+    closed = LayerGradCam(model, "3", path="closed_form")(x, y).maps
+    auto = LayerGradCam(model, "3", path="autograd")(x, y).maps
+    assert (closed >= 0).all()
+    assert torch.allclose(closed, auto, rtol=1e-4, atol=1e-6 * float(auto.abs().max().clamp_min(1)))
+
+
+@pytest.mark.parametrize("path", ["closed_form", "autograd"])
+def test_dense_layer_without_positions_and_empty_batches(path):
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Identity(), nn.Linear(4, 2))
+    model.drip_head = "3"  # a (B, K) layer: |S| = 1, the closed form still holds
+    cam = LayerGradCam(model, "1", path=path)
+    x = torch.randn(5, 3)
+    maps = cam(x, torch.zeros(5, dtype=torch.long)).maps
+    activations = torch.relu(model[0](x))
+    assert torch.allclose(maps, torch.relu(activations @ model[3].weight[0]), atol=1e-6)
+    assert cam(torch.randn(0, 3), torch.zeros(0, dtype=torch.long)).maps.shape == (0,)

@@ -1,0 +1,151 @@
+"""DRIP score: the logit identity, the statistics on hand maps, validation of every input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import gap_model, mlp_head_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drip.errors import DripInputError, DripModelError
+from drip.models import digits_cnn
+from drip.score import STATISTICS, DripScorer, score_in_batches
+
+
+def test_mean_score_is_scaled_logit_plus_what_relu_cut():
+    model = digits_cnn().eval()
+    x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    captured = {}
+    handle = model.relu3.register_forward_hook(lambda m, i, o: captured.update(a=o.detach()))
+    with torch.no_grad():
+        logits = model(x)
+    handle.remove()
+    activations = captured["a"]  # (B, 64, 4, 4)
+    positions = activations[0, 0].numel()
+    pre_relu = torch.einsum("bk,bkhw->bhw", model.fc.weight[y], activations) / positions
+    bias = model.fc.bias[y]
+    logit = logits[torch.arange(32), y]
+    # The map before the ReLU has mean (z_y - b_y) / |S| ...
+    assert torch.allclose(pre_relu.flatten(1).mean(1), (logit - bias) / positions, atol=1e-6)
+    # ... so the score is that plus the mean of what the ReLU removed.
+    scores = DripScorer(model)(x, y)
+    expected = (logit - bias) / positions + torch.relu(-pre_relu).flatten(1).mean(1)
+    assert torch.allclose(scores, expected, atol=1e-6)
+
+
+def test_statistics_on_hand_maps():
+    maps = torch.tensor(
+        [
+            [[0.0, 4.0], [0.0, 0.0]],  # all heat in one place
+            [[1.0, 1.0], [1.0, 1.0]],  # uniform
+            [[0.0, 0.0], [0.0, 0.0]],  # empty
+            [[2.0, 1.0], [0.9, 0.0]],
+        ]
+    )
+    assert STATISTICS["mean"](maps).tolist() == [1.0, 1.0, 0.0, pytest.approx(0.975)]
+    assert STATISTICS["max"](maps).tolist() == [4.0, 1.0, 0.0, 2.0]
+    assert STATISTICS["sum"](maps).tolist() == [4.0, 4.0, 0.0, pytest.approx(3.9)]
+    entropy = STATISTICS["entropy"](maps)
+    p = torch.tensor([2.0, 1.0, 0.9]) / 3.9
+    assert entropy[0] == 0.0 and entropy[2] == 0.0
+    assert entropy[1] == pytest.approx(math.log(4))
+    assert entropy[3] == pytest.approx(float(-(p * p.log()).sum()))
+    # coverage: strictly above half the peak (the 1.0 beside a peak of 2.0 does not count)
+    assert STATISTICS["coverage"](maps).tolist() == [0.25, 1.0, 0.0, 0.25]
+
+
+def test_layer_by_name_or_module_and_default_from_model():
+    model = digits_cnn().eval()
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    by_default = DripScorer(model)(x, y)
+    assert torch.equal(DripScorer(model, "relu3")(x, y), by_default)
+    assert torch.equal(DripScorer(model, model.relu3)(x, y), by_default)
+    assert DripScorer(model).layer_name == "relu3"
+    with pytest.raises(DripModelError, match="drip_layer"):
+        DripScorer(mlp_head_model())
+
+
+def test_heatmaps_have_the_layer_shape_without_upsampling():
+    scorer = DripScorer(digits_cnn().eval())
+    maps = scorer.heatmaps(torch.rand(3, 1, 8, 8), torch.tensor([1, 2, 3]))
+    assert maps.shape == (3, 4, 4)
+
+
+def test_label_target_differs_from_predicted_target():
+    model = gap_model()
+    x = torch.randn(64, 2, 5, 5)
+    predicted = model(x).argmax(1)
+    wrong = (predicted + 1) % 4
+    by_label = DripScorer(model, "3", target="label")(x, wrong)
+    by_prediction = DripScorer(model, "3", target="predicted")(x, wrong)
+    assert torch.equal(by_prediction, DripScorer(model, "3")(x, predicted))
+    assert not torch.allclose(by_label, by_prediction)
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "match"),
+    [
+        (torch.rand(2, 1, 7, 8), [0, 1], r"expected shape \(B, 1, 8, 8\)"),
+        (torch.randint(0, 9, (2, 1, 8, 8)), [0, 1], "floating-point"),
+        (torch.rand(2, 1, 8, 8).bool(), [0, 1], "floating-point"),
+        (torch.rand(2, 1, 8, 8, dtype=torch.complex64), [0, 1], "floating-point"),
+        (torch.full((2, 1, 8, 8), float("nan")), [0, 1], "NaN or infinite"),
+        (torch.full((2, 1, 8, 8), float("inf")), [0, 1], "NaN or infinite"),
+        (torch.rand(2, 1, 8, 8), [0, 10], "out of range"),
+        (torch.rand(2, 1, 8, 8), [-1, 0], "out of range"),
+        (torch.rand(2, 1, 8, 8), [0, 1, 2], "3 labels for 2 samples"),
+        (torch.rand(2, 1, 8, 8), [0.0, 1.0], "integer class labels"),
+        (torch.rand(2, 1, 8, 8), [True, False], "integer class labels"),
+        ("pixels", [0], "expected a tensor"),
+    ],
+)
+def test_bad_input_raises_drip_input_error_naming_the_problem(x, y, match):
+    scorer = DripScorer(digits_cnn().eval())
+    with pytest.raises(DripInputError, match=match):
+        scorer(x, y)
+
+
+def test_numpy_lists_float64_and_channels_last_are_accepted():
+    scorer = DripScorer(digits_cnn().eval())
+    x = torch.rand(3, 1, 8, 8)
+    y = [1, 2, 3]
+    expected = scorer(x, y)
+    assert torch.allclose(scorer(x.numpy(), np.array(y)), expected)
+    assert torch.allclose(scorer(x.double(), torch.tensor(y, dtype=torch.int32)), expected, atol=1e-6)
+    assert torch.allclose(scorer(x.tolist(), y), expected)
+    assert torch.allclose(scorer(x.to(memory_format=torch.channels_last), y), expected, atol=1e-6)
+    assert torch.allclose(scorer(x.transpose(2, 3).contiguous().transpose(2, 3), y), expected, atol=1e-6)
+
+
+def test_score_in_batches_equals_one_big_batch():
+    scorer = DripScorer(digits_cnn().eval())
+    x, y = torch.rand(70, 1, 8, 8), torch.randint(0, 10, (70,))
+    scores, logits = score_in_batches(scorer, x, y, batch_size=16)
+    assert torch.allclose(scores, scorer(x, y), atol=1e-6)
+    assert logits.shape == (70, 10)
+
+
+def test_training_mode_model_warns_once():
+    model = digits_cnn()  # fresh modules are in training mode
+    scorer = DripScorer(model)
+    with pytest.warns(UserWarning, match="training mode"):
+        scorer(torch.rand(1, 1, 8, 8), [0])
+    assert model.training
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    values=st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=32), min_size=64, max_size=64),
+    label=st.integers(0, 9),
+    statistic=st.sampled_from(sorted(STATISTICS)),
+)
+def test_scores_are_finite_and_nonnegative_for_any_finite_input(values, label, statistic):
+    scorer = DripScorer(digits_cnn().eval(), statistic=statistic)
+    x = torch.tensor(values, dtype=torch.float32).reshape(1, 1, 8, 8)
+    score = scorer(x, [label])
+    assert score.shape == (1,)
+    assert torch.isfinite(score).all() and (score >= 0).all()

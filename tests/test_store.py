@@ -1,0 +1,168 @@
+"""SampleStore: rows survive reopening byte for byte, capacity holds, bad input changes nothing."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from drip.errors import DripInputError, DripStoreError
+from drip.store import SampleStore
+
+
+def snapshot(store: SampleStore) -> list[tuple]:
+    return [(s.id, s.label, s.score, s.source, s.x.dtype, s.x.shape, s.x.tolist()) for s in store]
+
+
+def test_reopen_keeps_every_row_byte_for_byte(tmp_path):
+    path = tmp_path / "kept.sqlite"
+    samples = [
+        torch.randn(1, 8, 8),
+        torch.randn(3, 4).double(),
+        torch.randint(0, 255, (2, 2), dtype=torch.uint8),
+        torch.randn(5).to(torch.bfloat16),
+        torch.zeros(0, 3),
+        torch.tensor([True, False]),
+    ]
+    with SampleStore(path) as store:
+        ids = [store.add(x, label=i, score=0.5 * i, source=f"s{i}") for i, x in enumerate(samples)]
+        assert ids == sorted(ids) and None not in ids
+    with SampleStore(path) as store:
+        rows = list(store)
+        assert len(store) == len(samples)
+        for row, x, i in zip(rows, samples, range(len(samples))):
+            assert row.x.dtype == x.dtype and row.x.shape == x.shape
+            assert torch.equal(row.x, x)
+            assert (row.label, row.score, row.source) == (i, 0.5 * i, f"s{i}")
+        assert store.bytes_used == sum(x.numel() * x.element_size() for x in samples)
+
+
+def test_as_dataset_for_retraining(tmp_path):
+    with SampleStore(tmp_path / "s.sqlite") as store:
+        xs = torch.randn(5, 1, 8, 8)
+        store.add_batch(xs, [3, 1, 4, 1, 5], [0.1, 0.2, 0.3, 0.4, 0.5])
+        dataset = store.as_dataset()
+        assert len(dataset) == 5
+        x, y = dataset[2]
+        assert torch.equal(x, xs[2]) and int(y) == 4
+        assert store.class_counts() == {1: 2, 3: 1, 4: 1, 5: 1}
+
+
+def test_same_source_is_stored_once(tmp_path):
+    with SampleStore(tmp_path / "s.sqlite") as store:
+        first = store.add(torch.ones(2), 0, 0.1, source="stream:7")
+        again = store.add(torch.ones(2), 0, 0.1, source="stream:7")
+        assert first == again and len(store) == 1
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda s: s.add(torch.ones(2), -1), "label"),
+        (lambda s: s.add(torch.ones(2), 1.5), "label"),
+        (lambda s: s.add(torch.ones(2), True), "label"),
+        (lambda s: s.add(torch.ones(2), 1, float("nan")), "score"),
+        (lambda s: s.add(torch.ones(2), 1, float("inf")), "score"),
+        (lambda s: s.add(torch.ones(2), 1, "high"), "score"),
+        (lambda s: s.add(torch.ones(2, dtype=torch.complex64), 1), "cannot be stored"),
+        (lambda s: s.add("not a tensor", 1), "expected a tensor"),
+        (lambda s: s.add(torch.ones(2), 1, 0.0, source=3), "source"),
+        (lambda s: s.add_batch([torch.ones(2), torch.ones(2)], [1, -2]), "sample 1: label"),
+        (lambda s: s.add_batch([torch.ones(2)], [1, 2]), "1 samples, 2 labels"),
+    ],
+)
+def test_bad_input_leaves_the_store_unchanged(tmp_path, call, match):
+    with SampleStore(tmp_path / "s.sqlite") as store:
+        store.add(torch.arange(3.0), 2, 0.7, source="a")
+        before = snapshot(store)
+        with pytest.raises(DripInputError, match=match):
+            call(store)
+        assert snapshot(store) == before and len(store) == 1
+
+
+def test_not_a_store_and_newer_schema_are_refused_untouched(tmp_path):
+    text = tmp_path / "notes.sqlite"
+    text.write_bytes(b"just some text, not a database" * 100)
+    with pytest.raises(DripStoreError, match="not a drip store"):
+        SampleStore(text)
+    assert text.read_bytes() == b"just some text, not a database" * 100
+
+    other = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE t (a)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    with pytest.raises(DripStoreError, match="not a drip store"):
+        SampleStore(other)
+    assert other.read_bytes() == before
+
+    newer = tmp_path / "newer.sqlite"
+    SampleStore(newer).close()
+    conn = sqlite3.connect(newer)
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(DripStoreError, match="newer"):
+        SampleStore(newer)
+
+
+def test_reopening_above_capacity_is_refused_and_removes_nothing(tmp_path):
+    path = tmp_path / "s.sqlite"
+    with SampleStore(path) as store:
+        store.add_batch(torch.ones(4, 2), [0, 1, 2, 3])
+    with pytest.raises(DripStoreError, match="above the capacity"):
+        SampleStore(path, capacity_count=2)
+    with SampleStore(path) as store:
+        assert len(store) == 4
+
+
+def test_evict_removes_highest_score_of_largest_class(tmp_path):
+    with SampleStore(tmp_path / "s.sqlite", capacity_count=4, when_full="evict") as store:
+        store.add_batch(torch.zeros(4, 1), [0, 0, 0, 1], [0.1, 0.9, 0.5, 0.3], ["a", "b", "c", "d"])
+        assert store.add(torch.zeros(1), 1, 0.2, source="e") is not None
+        assert sorted(s.source for s in store) == ["a", "c", "d", "e"]  # "b": class 0, score 0.9
+        # The newcomer is itself the most redundant sample of the largest class: refused.
+        assert store.add(torch.zeros(1), 0, 5.0, source="f") is None
+        assert len(store) == 4
+
+
+def test_reject_when_full_and_too_large(tmp_path):
+    with SampleStore(tmp_path / "s.sqlite", capacity_bytes=40) as store:
+        assert store.add(torch.zeros(20), 0) is None  # 80 bytes: never fits
+        assert store.add(torch.zeros(8), 0) is not None  # 32 bytes
+        assert store.add(torch.zeros(8), 1) is None  # would make 64
+        assert store.add(torch.zeros(2), 1) is not None  # 40 exactly
+        assert store.bytes_used == 40
+
+
+sizes = st.integers(0, 12)
+adds = st.lists(
+    st.tuples(sizes, st.integers(0, 3), st.floats(0, 1, allow_nan=False)), min_size=1, max_size=40
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    batches=st.lists(adds, min_size=1, max_size=4),
+    capacity_bytes=st.one_of(st.none(), st.integers(0, 200)),
+    capacity_count=st.one_of(st.none(), st.integers(0, 15)),
+    when_full=st.sampled_from(["reject", "evict"]),
+)
+def test_capacity_is_never_exceeded(tmp_path_factory, batches, capacity_bytes, capacity_count, when_full):
+    path = tmp_path_factory.mktemp("cap") / "s.sqlite"
+    with SampleStore(path, capacity_bytes, capacity_count, when_full) as store:
+        for batch in batches:
+            xs = [torch.zeros(n) for n, _, _ in batch]
+            ids = store.add_batch(xs, [c for _, c, _ in batch], [s for _, _, s in batch])
+            assert len(ids) == len(batch)
+            rows = list(store)
+            used = sum(r.x.numel() * 4 for r in rows)
+            assert used == store.bytes_used and len(rows) == len(store)
+            assert capacity_bytes is None or used <= capacity_bytes
+            assert capacity_count is None or len(rows) <= capacity_count
+    with SampleStore(path) as reopened:
+        assert len(reopened) == len(rows)

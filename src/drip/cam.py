@@ -31,7 +31,8 @@ CamMethod = Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]
 CamPath = Literal["auto", "closed_form", "autograd"]
 CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
 
-_POOL_OR_RESHAPE = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity)
+# Dropout counts as pass-through: scoring is meant for eval mode (the scorer warns otherwise).
+_POOL_OR_RESHAPE = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ proxy stream P (20%) and a validation set W (20%). The scorer is trained on D0_t
 per class, ``high_c`` is the (1 - q_high) quantile of P's scores. The band search retrains, for each
 candidate q_high, on D0_train plus what the band keeps of P, with the same optimiser-step budget,
 and picks the largest q_high whose accuracy on W stays within ``tolerance`` of keeping all of P.
+An optional lower cut ``q_low`` drops, per class, what scores below the q_low quantile of P's
+scores; D0 is clean, so this is the "clean-percentile" rule (q_low = 0.05: below the 5th
+percentile of the class's clean calibration scores), the cut that pays when the stream is noisy.
 The deployed scorer is the model trained on D0_train. The cheap mode takes a given q_high and
 skips the search (and W: P takes its 20% as well).
 """
@@ -98,7 +101,11 @@ class BandTrial:
 
 @dataclass
 class TrainingPhaseResult:
-    """The deployed scorer model, its thresholds, and what the phase measured and cost."""
+    """The deployed scorer model, its thresholds, and what the phase measured and cost.
+
+    ``proxy`` is the held-out proxy stream P with the scorer's ``proxy_scores`` and
+    ``proxy_logits``: the clean calibration data other online selectors can calibrate on too.
+    """
 
     model: nn.Module
     thresholds: Thresholds
@@ -108,6 +115,9 @@ class TrainingPhaseResult:
     scorer_train_s: float = 0.0
     elapsed_s: float = 0.0
     sizes: dict[str, int] = field(default_factory=dict)
+    proxy: LabelledData | None = None
+    proxy_scores: torch.Tensor | None = None
+    proxy_logits: torch.Tensor | None = None
 
     @property
     def cost_ratio(self) -> float:
@@ -168,7 +178,7 @@ def training_phase(
 
     model, scorer_train_s = train(train_part.x, train_part.y, "training phase: scorer")
     scorer = DripScorer(model, layer, statistic)
-    proxy_scores, _ = score_in_batches(scorer, proxy.x, proxy.y)
+    proxy_scores, proxy_logits = score_in_batches(scorer, proxy.x, proxy.y)
 
     def band(q: float, metadata: dict | None = None) -> Thresholds:
         return bands_for_scorer(
@@ -225,4 +235,7 @@ def training_phase(
         scorer_train_s=scorer_train_s,
         elapsed_s=elapsed,
         sizes=sizes,
+        proxy=proxy,
+        proxy_scores=proxy_scores,
+        proxy_logits=proxy_logits,
     )

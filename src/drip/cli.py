@@ -158,10 +158,13 @@ def _fresh_copy_factory(model):
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .data import load_digits
-    from .experiment import ExperimentConfig, run_experiment
+    from .experiment import DEMO_ARMS, ExperimentConfig, run_experiment
     from .report import markdown, write_report
 
-    config = ExperimentConfig(seeds=args.seeds, steps=args.steps, q_high=args.q_high)
+    # One sample at a time, as on a device; the four arms of the paper's question.
+    config = ExperimentConfig(
+        seeds=args.seeds, steps=args.steps, q_high=args.q_high, arms=DEMO_ARMS, sweep=(), stream_batch=1
+    )
     results = run_experiment(config, load_digits(), args.out, progress=not args.quiet)
     summary = write_report(results, args.out)
     print(markdown(summary))

@@ -17,7 +17,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-ARM_TITLES = {"full": "FULL", "drip": "DRIP", "random": "RANDOM", "loss": "LOSS"}
+ARM_TITLES = {
+    "full": "FULL",
+    "full-clean": "FULL (clean stream)",
+    "drip": "DRIP",
+    "random": "RANDOM",
+    "reservoir": "class-balanced reservoir",
+    "loss": "LOSS",
+    "margin": "margin",
+    "entropy": "entropy",
+    "el2n": "EL2N",
+    "loss-band": "loss band (DRIP's quantiles)",
+    "drip-rank": "drip-rank",
+}
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
@@ -28,71 +40,148 @@ def _stats(values: list[float]) -> dict[str, Any]:
     }
 
 
+def _optional_stats(values: list[float | None]) -> dict[str, Any] | None:
+    present = [v for v in values if v is not None]
+    return _stats(present) if len(present) == len(values) and present else None
+
+
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
-    """The headline figures: saving, kept/seen, accuracy per arm (mean, std, per seed)."""
+    """The headline figures: DRIP's saving, kept/seen, and per arm accuracy (mean, std, per seed)."""
     seeds = results["seeds"]
-    arms = list(seeds[0]["accuracy"])
-    accuracy = {arm: _stats([s["accuracy"][arm] for s in seeds]) for arm in arms}
+    arms = {}
+    for arm in seeds[0]["arms"]:
+        records = [s["arms"][arm] for s in seeds]
+        arms[arm] = {
+            "accuracy": _stats([r["accuracy"] for r in records]),
+            "saving": _stats([r["saving"] for r in records]),
+            "kept": _stats([float(r["kept"]) for r in records]),
+            "steps": _stats([float(r["steps"]) for r in records]),
+            **{
+                key: _optional_stats([r.get(key) for r in records])
+                for key in ("noise_precision", "noise_recall", "noise_fit")
+            },
+        }
+    sweep = [
+        {
+            "q_high": point["q_high"],
+            "saving": _stats([s["sweep"][i]["saving"] for s in seeds]),
+            "drip": _stats([s["sweep"][i]["drip"] for s in seeds]),
+            "random": _stats([s["sweep"][i]["random"] for s in seeds]),
+        }
+        for i, point in enumerate(seeds[0]["sweep"])
+    ]
+    config = results["config"]
     summary = {
         "dataset": results["dataset"],
         "seeds": [s["seed"] for s in seeds],
         "budget": results.get("budget", "steps"),
-        "steps": results["config"]["steps"],
-        "statistic": results["config"]["statistic"],
+        "steps": config["steps"],
+        "statistic": config["statistic"],
+        "noise": {"kind": config["noise"], "rate": config["noise_rate"]},
+        "q_low": config["q_low"],
         "storage_saving": _stats([1 - s["stream"]["kept"] / s["stream"]["seen"] for s in seeds]),
         "kept": _stats([float(s["stream"]["kept"]) for s in seeds]),
         "seen": _stats([float(s["stream"]["seen"]) for s in seeds]),
         "q_high": _stats([s["q_high"] for s in seeds]),
         "training_phase_cost_ratio": _stats([s["training_phase"]["cost_ratio"] for s in seeds]),
-        "accuracy": accuracy,
+        "accuracy": {arm: values["accuracy"] for arm, values in arms.items()},
+        "arms": arms,
+        "sweep": sweep,
         "elapsed_s": results.get("elapsed_s"),
+        "threads": results.get("threads"),
     }
     summary["verdict"] = _verdict(summary)
     return summary
 
 
+def _compare(summary: dict[str, Any], arm: str) -> str:
+    drip = summary["accuracy"]["drip"]["per_seed"]
+    other = summary["accuracy"][arm]["per_seed"]
+    diffs = [d - o for d, o in zip(drip, other)]
+    mean = 100 * statistics.fmean(diffs)
+    wins = sum(d > 0 for d in diffs)
+    relation = "above" if mean > 0 else "below" if mean < 0 else "level with"
+    return (
+        f"DRIP is {relation} {ARM_TITLES.get(arm, arm)} by {abs(mean):.2f} pp on average "
+        f"(higher in {wins} of {len(diffs)} seeds)."
+    )
+
+
 def _verdict(summary: dict[str, Any]) -> list[str]:
     """Plain sentences on how DRIP compares with each control (the point is to measure)."""
     accuracy = summary["accuracy"]
-    drip = accuracy["drip"]
-    lines = [f"DRIP stored {summary['storage_saving']['mean']:.1%} less of the stream than FULL."]
-    for arm in ("full", "random", "loss"):
-        if arm not in accuracy:
-            continue
-        diffs = [d - o for d, o in zip(drip["per_seed"], accuracy[arm]["per_seed"])]
-        mean = 100 * statistics.fmean(diffs)
-        wins = sum(d > 0 for d in diffs)
-        relation = "above" if mean > 0 else "below" if mean < 0 else "level with"
+    saving = summary["storage_saving"]["mean"]
+    lines = [f"DRIP stored {saving:.1%} less of the stream than FULL."]
+    lines += [_compare(summary, arm) for arm in accuracy if arm != "drip"]
+    if "full" in accuracy:
+        gap = 100 * (accuracy["drip"]["mean"] - accuracy["full"]["mean"])
+        met = saving >= 0.39 and gap >= -0.2
         lines.append(
-            f"DRIP is {relation} {ARM_TITLES[arm]} by {abs(mean):.2f} pp on average "
-            f"(higher in {wins} of {len(diffs)} seeds)."
+            f"The paper's claim (>= 39% saving at FULL's accuracy, within 0.2 pp) is "
+            f"{'met' if met else 'not met'} here: {saving:.1%} saving, {gap:+.2f} pp against FULL."
         )
+    if "random" in accuracy and "loss" in accuracy:
+        beats = [arm for arm in ("random", "loss") if accuracy["drip"]["mean"] > accuracy[arm]["mean"]]
+        missed = [ARM_TITLES[a] for a in ("random", "loss") if a not in beats]
+        if missed:
+            lines.append(f"DRIP does not beat {' or '.join(missed)} at the same storage in this run.")
     return lines
 
 
+def _percent(values: dict[str, Any] | None) -> str:
+    return "" if values is None else f"{100 * values['mean']:.1f}"
+
+
 def markdown(summary: dict[str, Any]) -> str:
-    """The summary as a markdown table with the verdict under it."""
-    seeds = len(summary["seeds"])
-    saving = summary["storage_saving"]
-    kept, seen = summary["kept"]["mean"], summary["seen"]["mean"]
-    lines = [
-        f"# drip: {summary['dataset']}",
-        "",
-        f"{seeds} seed(s); every arm trained for {summary['steps']} optimiser steps "
+    """The summary as markdown tables (arms, then the band sweep) with the verdict under them."""
+    seen = summary["seen"]["mean"]
+    noise = summary.get("noise", {"kind": "none"})
+    noisy = noise["kind"] != "none"
+    chosen = ", ".join(f"{q:g}" for q in summary["q_high"]["per_seed"])
+    setup = (
+        f"{len(summary['seeds'])} seed(s); every arm trained for {summary['steps']} optimiser steps "
         f"(budget: {summary['budget']}); score statistic `{summary['statistic']}`; "
         f"Training Phase cost {summary['training_phase_cost_ratio']['mean']:.1f}x one training; "
-        f"chosen q_high {', '.join(f'{q:g}' for q in summary['q_high']['per_seed'])}.",
-        "",
-        "| arm | test accuracy (%) | stream samples stored | storage saving |",
-        "|---|---|---|---|",
-    ]
-    for arm, values in summary["accuracy"].items():
-        stored = f"{seen:.0f}" if arm == "full" else f"{kept:.0f}"
-        arm_saving = "0%" if arm == "full" else f"{100 * saving['mean']:.1f} ± {100 * saving['std']:.1f}%"
-        lines.append(
-            f"| {ARM_TITLES.get(arm, arm)} | {100 * values['mean']:.2f} ± {100 * values['std']:.2f} "
-            f"| {stored} of {seen:.0f} | {arm_saving} |"
-        )
+        f"chosen q_high {chosen}"
+    )
+    if summary.get("q_low"):
+        setup += f", q_low {summary['q_low']:g}"
+    if noisy:
+        setup += f"; {noise['kind']} noise on {noise['rate']:.0%} of the stream"
+    header = "| arm | test accuracy (%) | stream samples stored | storage saving (%) |"
+    rule = "|---|---|---|---|"
+    if noisy:
+        header += " dropped that were corrupted (%) | corrupted dropped (%) | noisy labels fit (%) |"
+        rule += "---|---|---|"
+    lines = [f"# drip: {summary['dataset']}", "", setup + ".", "", header, rule]
+    for arm, values in summary["arms"].items():
+        accuracy = values["accuracy"]
+        cells = [
+            ARM_TITLES.get(arm, arm),
+            f"{100 * accuracy['mean']:.2f} ± {100 * accuracy['std']:.2f}",
+            f"{values['kept']['mean']:.0f} of {seen:.0f}",
+            f"{100 * values['saving']['mean']:.1f}",
+        ]
+        if noisy:
+            cells += [_percent(values[key]) for key in ("noise_precision", "noise_recall", "noise_fit")]
+        lines.append("| " + " | ".join(cells) + " |")
+    if summary.get("sweep"):
+        lines += [
+            "",
+            "DRIP's band at each q_high against RANDOM of the same size:",
+            "",
+            "| q_high | storage saving (%) | DRIP (%) | RANDOM (%) | DRIP - RANDOM (pp) |",
+            "|---|---|---|---|---|",
+        ]
+        for point in summary["sweep"]:
+            diffs = [d - r for d, r in zip(point["drip"]["per_seed"], point["random"]["per_seed"])]
+            wins = sum(d > 0 for d in diffs)
+            lines.append(
+                f"| {point['q_high']:g} | {100 * point['saving']['mean']:.1f} "
+                f"| {100 * point['drip']['mean']:.2f} ± {100 * point['drip']['std']:.2f} "
+                f"| {100 * point['random']['mean']:.2f} ± {100 * point['random']['std']:.2f} "
+                f"| {100 * statistics.fmean(diffs):+.2f} ({wins}/{len(diffs)} seeds) |"
+            )
     lines += ["", *(f"- {line}" for line in summary["verdict"]), ""]
     return "\n".join(lines)
 
@@ -186,16 +275,131 @@ def plot_gallery(results: dict[str, Any], path: Path, seed_index: int = 0) -> No
     plt.close(fig)
 
 
+def plot_accuracy_vs_saving(summary: dict[str, Any], path: Path) -> None:
+    """Test accuracy against storage saving: DRIP's sweep, RANDOM at each size, every control."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    arms = summary["arms"]
+    if "full" in arms:
+        full = arms["full"]["accuracy"]
+        ax.axhline(100 * full["mean"], color="black", linewidth=1, label="FULL")
+        ax.axhspan(
+            100 * (full["mean"] - full["std"]), 100 * (full["mean"] + full["std"]), color="black", alpha=0.08
+        )
+    sweep = summary.get("sweep") or []
+    if sweep:
+        savings = [100 * p["saving"]["mean"] for p in sweep]
+        for key, colour, label in (
+            ("drip", "tab:blue", "DRIP band sweep"),
+            ("random", "tab:gray", "RANDOM, same size"),
+        ):
+            ax.errorbar(
+                savings,
+                [100 * p[key]["mean"] for p in sweep],
+                yerr=[100 * p[key]["std"] for p in sweep],
+                color=colour,
+                marker="o",
+                markersize=4,
+                capsize=3,
+                label=label,
+            )
+        for p, x in zip(sweep, savings):
+            ax.annotate(
+                f"q={p['q_high']:g}",
+                (x, 100 * p["drip"]["mean"]),
+                textcoords="offset points",
+                xytext=(0, 6),
+                fontsize=7,
+                ha="center",
+                color="tab:blue",
+            )
+    markers = iter("sD^vP<>hX")
+    for arm, values in arms.items():
+        if arm in ("full", "full-clean"):
+            continue
+        style = (
+            {"marker": "*", "markersize": 14, "color": "tab:blue"}
+            if arm == "drip"
+            else {"marker": next(markers), "markersize": 7, "linestyle": "none"}
+        )
+        ax.errorbar(
+            100 * values["saving"]["mean"],
+            100 * values["accuracy"]["mean"],
+            yerr=100 * values["accuracy"]["std"],
+            capsize=2,
+            label=ARM_TITLES.get(arm, arm),
+            **style,
+        )
+    if "full-clean" in arms:
+        ax.axhline(
+            100 * arms["full-clean"]["accuracy"]["mean"],
+            color="green",
+            linestyle="--",
+            linewidth=1,
+            label="FULL on the clean stream",
+        )
+    ax.set_xlabel("storage saving: stream samples not stored (%)")
+    ax.set_ylabel("test accuracy (%)")
+    noise = summary.get("noise", {"kind": "none"})
+    title = f"{summary['dataset']}: accuracy vs storage ({len(summary['seeds'])} seeds, "
+    title += f"{summary['budget']} budget"
+    title += f", {noise['kind']} noise {noise['rate']:.0%})" if noise["kind"] != "none" else ")"
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_noise_scores(results: dict[str, Any], path: Path, seed_index: int = 0) -> None:
+    """DRIP score distributions of clean and corrupted stream samples (noise runs)."""
+    seed = results["seeds"][seed_index]
+    scores = np.array(seed["stream"]["scores"])
+    corrupted = np.array(seed["stream"]["corrupted"], dtype=bool)
+    labels = np.array(seed["stream"]["labels"])
+    # Scores live on per-class scales: show each as its percentile within its class's clean scores.
+    percentile = np.empty(len(scores))
+    for c in np.unique(labels):
+        own = labels == c
+        reference = np.sort(scores[own & ~corrupted]) if (own & ~corrupted).any() else np.sort(scores[own])
+        percentile[own] = np.searchsorted(reference, scores[own]) / max(len(reference), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, values, xlabel in (
+        (axes[0], scores, "DRIP score"),
+        (axes[1], 100 * percentile, "percentile among the class's clean stream scores"),
+    ):
+        bins = np.linspace(values.min(), values.max(), 40)
+        ax.hist(values[~corrupted], bins=bins, alpha=0.6, density=True, label="clean", color="tab:blue")
+        ax.hist(values[corrupted], bins=bins, alpha=0.6, density=True, label="corrupted", color="tab:red")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("density")
+        ax.legend(fontsize=8)
+    config = results["config"]
+    fig.suptitle(
+        f"{results['dataset']}, seed {seed['seed']}: {config['noise']} noise on "
+        f"{config['noise_rate']:.0%} of the stream",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_report(results: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Write summary.json, summary.md, scores.png and heatmaps.png into ``out``."""
+    """Write summary.json and summary.md and the plots into ``out``; returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(results)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(markdown(summary))
     plot_scores(results, out / "scores.png")
     plot_gallery(results, out / "heatmaps.png")
+    if summary["sweep"] or len(summary["arms"]) > 4:
+        plot_accuracy_vs_saving(summary, out / "accuracy_vs_saving.png")
+    if summary["noise"]["kind"] != "none":
+        plot_noise_scores(results, out / "noise_scores.png")
     return summary
 
 
 def load_results(path: Path) -> dict[str, Any]:
+    """Read a ``results.json`` written by ``drip.experiment``."""
     return json.loads(Path(path).read_text())

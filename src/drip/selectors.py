@@ -1,0 +1,204 @@
+"""The selectors DRIP is compared with, and ``drip-rank``, one beyond the paper.
+
+Two kinds, both deciding which stream samples to store:
+
+* **equal-count controls** keep exactly ``count`` samples (DRIP's kept count), so every comparison
+  is at equal storage: ``random``, the class-balanced reservoir (online, count budget), and the
+  informativeness rankings ``loss``, ``margin``, ``entropy`` and ``el2n`` (the ``count`` most
+  informative samples of the whole stream: an offline oracle ranking, which favours the control);
+* **online bands**, calibrated on the clean proxy stream P like DRIP's thresholds: ``band_keep``
+  (per-class quantile band on any signal, e.g. the negative loss) and ``drip_rank``.
+
+Direction, as everywhere in drip: a higher *evidence* value means the model already sees the label
+(redundant); informativeness is the opposite.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .errors import DripInputError
+from .thresholds import Thresholds
+
+
+def _probabilities(logits: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(logits.double(), dim=1)
+
+
+def loss_values(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each sample (B,) in float64 (float32 ties at log p = 0 break rankings)."""
+    return nn.functional.cross_entropy(logits.double(), labels, reduction="none")
+
+
+def margin_values(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Labelled logit minus the largest other logit (B,): small or negative = hard."""
+    logits = logits.double()
+    own = logits.gather(1, labels[:, None])[:, 0]
+    others = logits.scatter(1, labels[:, None], -math.inf)
+    return own - others.amax(1)
+
+
+def entropy_values(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Predictive entropy (B,) in nats; ``labels`` unused (kept for one signature)."""
+    del labels
+    probs = _probabilities(logits)
+    return -(probs * torch.log(probs.clamp_min(1e-300))).sum(1)
+
+
+def el2n_values(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """EL2N (Paul et al. 2021): L2 norm of softmax minus the one-hot label (B,)."""
+    probs = _probabilities(logits)
+    return (probs - nn.functional.one_hot(labels, probs.shape[1]).double()).norm(dim=1)
+
+
+# Informativeness: higher = more worth storing.
+INFORMATIVENESS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "loss": loss_values,
+    "margin": lambda logits, labels: -margin_values(logits, labels),
+    "entropy": entropy_values,
+    "el2n": el2n_values,
+}
+
+
+def top_count(priority: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the ``count`` highest priorities, ties to the earlier sample, sorted."""
+    order = torch.argsort(priority, descending=True, stable=True)
+    return torch.sort(order[:count]).values
+
+
+def random_count(total: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` indices of ``range(total)`` uniformly without replacement, sorted."""
+    return torch.sort(torch.randperm(total, generator=generator)[:count]).values
+
+
+def class_balanced_reservoir(labels: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """Online class-balanced reservoir sampling (Chrysakis & Moens 2020) with room for ``count``.
+
+    Samples arrive in stream order. While there is room, every sample is stored. When full, a
+    sample of a class that is not the largest replaces a random member of the largest class; a
+    sample of the largest class replaces a random member of its own class with probability
+    stored_c / seen_c (reservoir sampling within the class). Ties between largest classes go to the
+    lowest label. Returns the stored indices, sorted.
+    """
+    if count <= 0:
+        return torch.empty(0, dtype=torch.int64)
+    stored: dict[int, list[int]] = {}
+    seen: dict[int, int] = {}
+    size = 0
+    uniform = torch.rand(len(labels), generator=generator).tolist()
+    picks = torch.rand(len(labels), generator=generator).tolist()
+    for index, label in enumerate(labels.tolist()):
+        seen[label] = seen.get(label, 0) + 1
+        members = stored.setdefault(label, [])
+        if size < count:
+            members.append(index)
+            size += 1
+            continue
+        largest = max(len(m) for m in stored.values())
+        full_classes = [c for c, m in stored.items() if len(m) == largest]
+        if len(members) < largest:
+            victim_class = min(full_classes)
+            victims = stored[victim_class]
+            victims.pop(int(picks[index] * len(victims)))
+            members.append(index)
+        elif uniform[index] < len(members) / seen[label]:
+            members[int(picks[index] * len(members))] = index
+    kept = sorted(i for members in stored.values() for i in members)
+    return torch.tensor(kept, dtype=torch.int64)
+
+
+def band_keep(
+    values: torch.Tensor,
+    labels: torch.Tensor,
+    calibration_values: torch.Tensor,
+    calibration_labels: torch.Tensor,
+    num_classes: int,
+    *,
+    q_high: float,
+    q_low: float = 0.0,
+    min_class_points: int = 30,
+) -> torch.Tensor:
+    """DRIP's band rule on any evidence signal (higher = more evidence), calibrated on clean data.
+
+    Per class, drop what lies above the (1 - q_high) quantile or below the q_low quantile of the
+    calibration values. With ``values = -loss`` this is the loss filter at DRIP's quantiles.
+    """
+    thresholds = Thresholds.from_scores(
+        calibration_values,
+        calibration_labels,
+        num_classes,
+        q_high=q_high,
+        q_low=q_low,
+        min_class_points=min_class_points,
+    )
+    return thresholds.keep(values, labels)
+
+
+def _class_percentile(
+    values: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor, reference_labels: torch.Tensor
+) -> torch.Tensor:
+    """Per sample: the fraction of its class's reference values below it (mid-rank for ties)."""
+    result = torch.empty(len(values), dtype=torch.float64)
+    pooled = torch.sort(reference.double()).values
+    for label in labels.unique().tolist():
+        own = torch.sort(reference[reference_labels == label].double()).values
+        basis = own if len(own) else pooled
+        mask = labels == label
+        below = torch.searchsorted(basis, values[mask].double(), right=False)
+        not_above = torch.searchsorted(basis, values[mask].double(), right=True)
+        result[mask] = (below + not_above).double() / (2 * len(basis))
+    return result
+
+
+def thinning_keep_probability(percentile: torch.Tensor, drop_fraction: float) -> torch.Tensor:
+    """Keep probability of ``drip-rank``: 1 up to a knee, then linear to 0 at the top.
+
+    For a uniform percentile the expected dropped fraction is ``drop_fraction``: the knee sits at
+    1 - 2 * drop_fraction (0.2 for 40%); above a drop fraction of one half the ramp starts at 0
+    and reaches 0 at 2 * (1 - drop_fraction).
+    """
+    if not 0 <= drop_fraction < 1:
+        raise DripInputError(f"drop_fraction: expected a number in [0, 1), got {drop_fraction}")
+    if drop_fraction <= 0.5:
+        knee = 1 - 2 * drop_fraction
+        if knee >= 1:
+            return torch.ones_like(percentile)
+        return ((1 - percentile) / (1 - knee)).clamp(0, 1)
+    end = 2 * (1 - drop_fraction)
+    return (1 - percentile / end).clamp(0, 1)
+
+
+def drip_rank_keep(
+    scores: torch.Tensor,
+    losses: torch.Tensor,
+    labels: torch.Tensor,
+    calibration_scores: torch.Tensor,
+    calibration_losses: torch.Tensor,
+    calibration_labels: torch.Tensor,
+    *,
+    drop_fraction: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """``drip-rank``: average two per-class ranks of evidence, then thin stochastically.
+
+    Per class, a sample's DRIP score and its negative loss are each ranked among the clean
+    calibration values (both oriented so higher = more evidence for the label) and averaged; that
+    average is ranked again among the calibration averages, giving a percentile that is uniform on
+    clean data. A sample is kept with ``thinning_keep_probability(percentile, drop_fraction)``,
+    so the stream's expected saving is ``drop_fraction`` whatever ties the loss has.
+    """
+
+    def evidence(sample_scores: torch.Tensor, sample_losses: torch.Tensor, sample_labels: torch.Tensor):
+        by_score = _class_percentile(sample_scores, sample_labels, calibration_scores, calibration_labels)
+        by_loss = _class_percentile(-sample_losses, sample_labels, -calibration_losses, calibration_labels)
+        return (by_score + by_loss) / 2
+
+    calibration_combined = evidence(calibration_scores, calibration_losses, calibration_labels)
+    stream_combined = evidence(scores, losses, labels)
+    percentile = _class_percentile(stream_combined, labels, calibration_combined, calibration_labels)
+    probability = thinning_keep_probability(percentile, drop_fraction)
+    return torch.rand(len(labels), generator=generator, dtype=torch.float64) < probability

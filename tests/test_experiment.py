@@ -1,0 +1,107 @@
+"""The protocol end to end on digits at a tiny budget: arms, equal storage, noise, sweep, report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from drip.data import load_digits
+from drip.errors import DripInputError
+from drip.experiment import ARMS, EQUAL_COUNT, ExperimentConfig, corrupt, run_experiment
+from drip.report import load_results, markdown, summarize, write_report
+
+
+@pytest.fixture(scope="module")
+def noisy_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp")
+    config = ExperimentConfig(
+        seeds=1,
+        steps=12,
+        q_high=0.3,
+        q_low=0.05,
+        sweep=(0.2, 0.4),
+        noise="label",
+        noise_rate=0.3,
+        pool_limit=900,
+    )
+    return out, run_experiment(config, load_digits(), out, progress=False)
+
+
+def test_every_arm_and_equal_storage(noisy_run):
+    _, results = noisy_run
+    seed = results["seeds"][0]
+    arms = seed["arms"]
+    assert set(arms) == {*ARMS, "full-clean"}
+    kept = seed["stream"]["kept"]
+    assert kept == sum(seed["stream"]["kept_mask"]) == arms["drip"]["kept"]
+    for arm in EQUAL_COUNT:
+        assert arms[arm]["kept"] == kept, arm
+        assert arms[arm]["steps"] == 12  # the same optimiser-step budget for every arm
+    assert arms["full"]["kept"] == seed["stream"]["seen"] == seed["sizes"]["stream"]
+    assert [p["q_high"] for p in seed["sweep"]] == [0.2, 0.4]
+    assert seed["sweep"][0]["kept"] >= seed["sweep"][1]["kept"]
+
+
+def test_noise_statistics_are_consistent(noisy_run):
+    _, results = noisy_run
+    seed = results["seeds"][0]
+    corrupted = torch.tensor(seed["stream"]["corrupted"], dtype=torch.bool)
+    kept = torch.tensor(seed["stream"]["kept_mask"], dtype=torch.bool)
+    assert int(corrupted.sum()) == round(0.3 * len(corrupted))
+    dropped = ~kept
+    drip = seed["arms"]["drip"]
+    assert drip["noise_precision"] == pytest.approx(float((dropped & corrupted).sum() / dropped.sum()))
+    assert drip["noise_recall"] == pytest.approx(float((dropped & corrupted).sum() / corrupted.sum()))
+    assert seed["arms"]["full"]["noise_recall"] == 0.0
+    assert 0 <= seed["arms"]["full"]["noise_fit"] <= 1
+
+
+def test_report_renders_from_results_json_alone(noisy_run):
+    out, results = noisy_run
+    for name in ("summary.md", "summary.json"):
+        (out / name).unlink(missing_ok=True)
+    summary = write_report(load_results(out / "results.json"), out)
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    for name in ("scores.png", "heatmaps.png", "accuracy_vs_saving.png", "noise_scores.png"):
+        assert (out / name).stat().st_size > 10_000, name
+    text = markdown(summarize(results))
+    assert "corrupted dropped" in text and "| q_high |" in text and "FULL (clean stream)" in text
+
+
+def test_label_noise_flips_to_another_class_and_gaussian_keeps_labels():
+    data = load_digits().subset(range(500))
+    generator = torch.Generator().manual_seed(0)
+    flipped, mask = corrupt(data, "label", 0.4, 1.0, generator)
+    assert int(mask.sum()) == 200
+    assert (flipped.y[mask] != data.y[mask]).all() and (flipped.y[~mask] == data.y[~mask]).all()
+    noisy, mask = corrupt(data, "gaussian", 0.2, 1.0, generator)
+    assert torch.equal(noisy.y, data.y)
+    assert not torch.equal(noisy.x[mask], data.x[mask]) and torch.equal(noisy.x[~mask], data.x[~mask])
+
+
+def test_epoch_budget_gives_smaller_sets_fewer_steps(tmp_path):
+    config = ExperimentConfig(
+        seeds=1,
+        steps=20,
+        q_high=0.4,
+        budget="epochs",
+        sweep=(),
+        arms=("full", "drip", "random"),
+        pool_limit=600,
+    )
+    seed = run_experiment(config, load_digits(), tmp_path, progress=False)["seeds"][0]
+    arms = seed["arms"]
+    assert arms["full"]["steps"] == 20
+    expected = round(20 * arms["drip"]["train_size"] / arms["full"]["train_size"])
+    assert arms["drip"]["steps"] == arms["random"]["steps"] == expected < 20
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(DripInputError, match="arms"):
+        ExperimentConfig(arms=("full", "random"))
+    with pytest.raises(DripInputError, match="noise"):
+        ExperimentConfig(noise="salt")
+    with pytest.raises(DripInputError, match="budget"):
+        ExperimentConfig(budget="hours")

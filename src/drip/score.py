@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .cam import CamMethod, CamPath, LayerGradCam
-from .errors import DripInputError, DripModelError
+from .errors import DripError, DripInputError, DripModelError
 from .validation import check_inputs, check_labels
 
 
@@ -169,7 +169,9 @@ class DripScorer:
             self._warned_training = True
         try:
             result = self.cam(inputs, labels if self.target == "label" else None)
-        except RuntimeError as err:
+        except DripError:
+            raise
+        except (RuntimeError, ValueError, TypeError, IndexError) as err:
             raise DripInputError(
                 f"x: the model's forward failed on input of shape {tuple(inputs.shape)}: {err}"
             ) from None

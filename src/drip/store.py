@@ -84,20 +84,27 @@ class _Encoded:
     source: str | None
 
 
+def _scalar(value: Any) -> Any:
+    """A one-element tensor or array as a Python number; anything else unchanged."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, np.ndarray) and value.size == 1:
+        return value.item()
+    return value
+
+
 def _encode(x: Any, label: Any, score: Any, source: Any, where: str) -> _Encoded:
     tensor = as_tensor(x, f"{where}x")
     if tensor.is_complex() or tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
         raise DripInputError(f"{where}x: dtype {tensor.dtype} cannot be stored")
-    if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.dtype.is_floating_point:
-        label = label.item()
-    if isinstance(label, (bool, np.bool_)) or not hasattr(label, "__index__"):
+    label = _scalar(label)
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
         raise DripInputError(f"{where}label: expected a non-negative integer, got {label!r}")
     label = operator.index(label)
     if label < 0:
         raise DripInputError(f"{where}label: expected a non-negative integer, got {label}")
+    score = _scalar(score)
     if score is not None:
-        if isinstance(score, torch.Tensor) and score.numel() == 1:
-            score = score.item()
         if isinstance(score, bool) or not isinstance(score, (int, float)) or score != score:
             raise DripInputError(f"{where}score: expected a finite number or None, got {score!r}")
         score = float(score)
@@ -131,6 +138,9 @@ class SampleStore:
 
     ``durable=False`` relaxes fsync to SQLite's ``synchronous=NORMAL`` (safe against a process
     crash, not against a power cut), for benchmarks or hosts with a battery-backed disk.
+    ``read_only=True`` opens an existing store for reading only (e.g. a retraining process beside
+    the writer): every write raises ``DripStoreError``. A reader never sees a half-written sample
+    and, in WAL mode, does not block the writer.
 
     Example::
 
@@ -147,6 +157,7 @@ class SampleStore:
         when_full: WhenFull = "reject",
         *,
         durable: bool = True,
+        read_only: bool = False,
     ) -> None:
         for name, value in (("capacity_bytes", capacity_bytes), ("capacity_count", capacity_count)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -157,6 +168,7 @@ class SampleStore:
         self.capacity_bytes = capacity_bytes
         self.capacity_count = capacity_count
         self.when_full = when_full
+        self.read_only = read_only
         self._conn = self._open(durable)
         count, used = self._totals()
         if (capacity_count is not None and count > capacity_count) or (
@@ -169,19 +181,32 @@ class SampleStore:
             )
 
     def _open(self, durable: bool) -> sqlite3.Connection:
+        if self.path.is_dir():
+            raise DripStoreError(f"{self.path}: is a directory, expected a store file")
         try:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            if self.read_only:
+                conn = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0, isolation_level=None
+                )
+            else:
+                conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         except sqlite3.Error as err:
             raise DripStoreError(f"{self.path}: cannot open store: {err}") from None
         try:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+            if not tables and self.read_only:
+                raise DripStoreError(f"{self.path}: empty file, not a drip store")
             if not tables:
                 conn.execute("PRAGMA journal_mode=WAL")
                 self._create(conn)
             else:
                 self._check_format(conn, tables)
-                conn.execute("PRAGMA journal_mode=WAL")
+                if not self.read_only:
+                    conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        except sqlite3.OperationalError as err:
+            conn.close()
+            raise DripStoreError(f"{self.path}: cannot open store: {err}") from None
         except sqlite3.DatabaseError as err:
             conn.close()
             raise DripStoreError(f"{self.path}: not a drip store ({err})") from None
@@ -251,6 +276,8 @@ class SampleStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
+        if self.read_only:
+            raise DripStoreError(f"{self.path}: opened read-only, cannot write")
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as err:
@@ -294,8 +321,10 @@ class SampleStore:
         counts = self.class_counts()
         counts[row.label] = counts.get(row.label, 0) + 1
         largest = max(counts.values())
-        # Ties between classes go to the lowest label, so eviction is deterministic.
-        label = min(c for c, n in counts.items() if n == largest)
+        tied = [c for c, n in counts.items() if n == largest]
+        # Among equally large classes prefer the newcomer's own (a replacement keeps the balance),
+        # then the lowest label, so eviction is deterministic.
+        label = row.label if row.label in tied else min(tied)
         victim = self._conn.execute(
             "SELECT id, score FROM samples WHERE label = ? ORDER BY score IS NULL, score DESC, id LIMIT 1",
             (label,),
@@ -323,6 +352,17 @@ class SampleStore:
     def bytes_used(self) -> int:
         """Tensor payload bytes held (what ``capacity_bytes`` limits)."""
         return self._totals()[1]
+
+    def stored_sources(self, sources: Sequence[str]) -> set[str]:
+        """Those of ``sources`` the store already holds (to skip them when replaying a stream)."""
+        found: set[str] = set()
+        unique = list(dict.fromkeys(sources))
+        for start in range(0, len(unique), 500):  # stay below SQLite's bound-parameter limit
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(f"SELECT source FROM samples WHERE source IN ({marks})", chunk)
+            found.update(row[0] for row in rows)
+        return found
 
     def class_counts(self) -> dict[int, int]:
         """Samples held per label (labels with none are absent)."""

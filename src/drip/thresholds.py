@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .errors import DripInputError, DripModelMismatchError, DripThresholdsError
-from .validation import check_fraction
+from .validation import as_tensor, check_fraction, check_labels
 
 FORMAT = "drip-thresholds"
 VERSION = 1
@@ -137,17 +137,25 @@ class Thresholds:
             **provenance,
         )
 
-    def position(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Per sample: ``BELOW_LOW`` (-1), ``INSIDE`` (0) or ``ABOVE_HIGH`` (1) of its class band."""
-        labels = labels.long().cpu()
-        scores = scores.detach().double().cpu()
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise DripInputError(f"labels: expected values in [0, {self.num_classes})")
-        low = torch.tensor(self.low, dtype=torch.float64)[labels]
-        high = torch.tensor(self.high, dtype=torch.float64)[labels]
-        result = torch.zeros(labels.shape, dtype=torch.int8)
-        result[scores < low] = BELOW_LOW
-        result[scores > high] = ABOVE_HIGH
+    def position(self, scores: Any, labels: Any) -> torch.Tensor:
+        """Per sample: ``BELOW_LOW`` (-1), ``INSIDE`` (0) or ``ABOVE_HIGH`` (1) of its class band.
+
+        ``scores`` must be finite: a NaN lies in no band, and silently keeping it would store garbage.
+        """
+        values = as_tensor(scores, "scores")
+        if values.dtype == torch.bool or values.is_complex() or values.dim() != 1:
+            raise DripInputError(
+                f"scores: expected a 1-D tensor of real numbers, got {values.dtype} {tuple(values.shape)}"
+            )
+        values = values.detach().cpu().double()
+        if not torch.isfinite(values).all():
+            raise DripInputError("scores: expected finite values, got NaN or infinity")
+        classes = check_labels(labels, count=len(values), num_classes=self.num_classes, name="labels")
+        low = torch.tensor(self.low, dtype=torch.float64)[classes]
+        high = torch.tensor(self.high, dtype=torch.float64)[classes]
+        result = torch.zeros(classes.shape, dtype=torch.int8)
+        result[values < low] = BELOW_LOW
+        result[values > high] = ABOVE_HIGH
         return result
 
     def keep(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

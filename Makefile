@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # spinning OpenMP pool next to any other busy process slowed torch 35-230x.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test lint format bench venv clean synth-speech
+.PHONY: demo test lint format bench bench-scorer venv clean synth-speech
 
 venv: $(STAMP)
 
@@ -31,8 +31,13 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
-bench: $(STAMP)
+bench: bench-scorer
 	$(BIN)/python -m pytest -q -m slow
+
+# Scorer throughput against plain forward and captum (captum installed for this target only).
+bench-scorer: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
+	$(BIN)/python benchmarks/scorer.py
 
 # A synthetic Speech Commands corpus (espeak-ng from Debian, installed for this target only).
 synth-speech: $(STAMP)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
-from conftest import gap_model, mlp_head_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from conftest import gap_model, mlp_head_model
 from drip.cam import CAM_METHODS, LayerGradCam, find_gap_linear_head
 from drip.errors import DripModelError
 from drip.models import digits_cnn
@@ -234,3 +237,21 @@ def test_dense_layer_without_positions_and_empty_batches(path):
     activations = torch.relu(model[0](x))
     assert torch.allclose(maps, torch.relu(activations @ model[3].weight[0]), atol=1e-6)
     assert cam(torch.randn(0, 3), torch.zeros(0, dtype=torch.long)).maps.shape == (0,)
+
+
+@pytest.mark.parametrize("factory,layer", [(gap_model, "3"), (mlp_head_model, "4")])
+def test_nothing_of_a_call_outlives_it(factory, layer):
+    """No activations, gradients or graphs are kept: every tensor the layer produced is freed."""
+    model = factory()
+    cam = LayerGradCam(model, layer)
+    produced = []
+    watcher = cam.layer.register_forward_hook(lambda m, i, o: produced.append(weakref.ref(o)))
+    x = torch.randn(8, *((2, 6, 6) if layer == "3" else (1, 8, 8)))
+    for _ in range(5):
+        result = cam(x, torch.zeros(8, dtype=torch.long))
+        assert result.maps.grad_fn is None and result.logits.grad_fn is None
+        assert not result.maps.requires_grad and not result.logits.requires_grad
+    watcher.remove()
+    del result
+    gc.collect()
+    assert len(produced) == 5 and all(ref() is None for ref in produced)

@@ -62,6 +62,21 @@ def user_files(tmp_path):
     return tmp_path
 
 
+def filter_args(d) -> list[str]:
+    return [
+        "filter",
+        "--model",
+        str(d / "model.pt"),
+        "--thresholds",
+        str(d / "t.json"),
+        "--stream",
+        str(d / "stream.pt"),
+        "--store",
+        str(d / "kept.sqlite"),
+        "--quiet",
+    ]
+
+
 def test_calibrate_then_filter_on_user_files(user_files, capsys):
     d = user_files
     assert (
@@ -83,46 +98,14 @@ def test_calibrate_then_filter_on_user_files(user_files, capsys):
     )
     thresholds = Thresholds.load(d / "t.json")
     assert thresholds.q_high == 0.3 and thresholds.num_classes == 10
-    assert (
-        main(
-            [
-                "filter",
-                "--model",
-                str(d / "model.pt"),
-                "--thresholds",
-                str(d / "t.json"),
-                "--stream",
-                str(d / "stream.pt"),
-                "--store",
-                str(d / "kept.sqlite"),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert main(filter_args(d)) == 0
     out = capsys.readouterr().out
     assert "storage saving" in out
     with SampleStore(d / "kept.sqlite") as store:
         assert 50 <= len(store) <= 90  # about 70% of 100
         first = len(store)
     # Running the same stream again stores nothing twice (stable ids: file name + index).
-    assert (
-        main(
-            [
-                "filter",
-                "--model",
-                str(d / "model.pt"),
-                "--thresholds",
-                str(d / "t.json"),
-                "--stream",
-                str(d / "stream.pt"),
-                "--store",
-                str(d / "kept.sqlite"),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert main(filter_args(d)) == 0
     with SampleStore(d / "kept.sqlite") as store:
         assert len(store) == first
 

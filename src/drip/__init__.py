@@ -7,6 +7,7 @@ Training Phase (``training_phase``, ``calibrate``) produces the thresholds befor
 from .calibrate import BandTrial, TrainingPhaseResult, calibrate, choose_q_high, training_phase
 from .cam import CAM_METHODS, CamResult, LayerGradCam
 from .errors import (
+    DripDataError,
     DripError,
     DripInputError,
     DripModelError,
@@ -31,6 +32,7 @@ __all__ = [
     "CamResult",
     "ClassCounters",
     "Decision",
+    "DripDataError",
     "DripError",
     "DripFilter",
     "DripInputError",

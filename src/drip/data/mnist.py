@@ -155,8 +155,12 @@ def load_pickle(path: Path) -> DataSplits:
 
 
 def load_mnist(folder: Path) -> DataSplits:
-    """MNIST from ``folder``: the IDX files if present, else ``mnist.pkl.gz``."""
+    """MNIST from ``folder``: the IDX files if present (also in torchvision's ``MNIST/raw/``),
+    else ``mnist.pkl.gz``."""
     folder = Path(folder)
+    torchvision_layout = folder / "MNIST" / "raw"
+    if not all(_find(folder, stem) for stem in IDX_FILES.values()) and torchvision_layout.is_dir():
+        folder = torchvision_layout
     if all(_find(folder, stem) for stem in IDX_FILES.values()):
         return load_idx(folder)
     if (folder / PICKLE_NAME).is_file():

@@ -19,6 +19,8 @@ from .base import DataSplits, LabelledData
 
 SIZE = 64
 SUFFIXES = {".jpg", ".jpeg", ".png"}
+# The Mendeley release ships a 39th folder of leafless backgrounds; the paper's task has 38 classes.
+EXCLUDED = ("Background_without_leaves",)
 SOURCE = "the PlantVillage dataset (Mendeley Data, doi:10.17632/tywbtsjrjv.1)"
 
 
@@ -31,10 +33,19 @@ def _read_image(path: Path) -> np.ndarray:
         raise DripDataError(f"{path}: not a readable image: {err}") from None
 
 
-def load_plant_village(folder: Path, *, progress: bool = True) -> DataSplits:
-    """Every image under ``folder/<class>/`` as ``x: (N, 3, 64, 64)`` in [0, 1]; no test split."""
+def load_plant_village(
+    folder: Path, *, exclude: tuple[str, ...] = EXCLUDED, progress: bool = True
+) -> DataSplits:
+    """Every image under ``folder/<class>/`` as ``x: (N, 3, 64, 64)`` in [0, 1]; no test split.
+
+    A single wrapper folder (as unzipping the release gives) is looked through; class folders
+    named in ``exclude`` are skipped.
+    """
     folder = Path(folder)
     classes = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if len(classes) == 1:
+        return load_plant_village(classes[0], exclude=exclude, progress=progress)
+    classes = [p for p in classes if p.name not in exclude]
     if len(classes) < 2:
         raise DripDataError(f"{folder}: expected one folder of images per class (at least 2); get {SOURCE}")
     paths, labels = [], []

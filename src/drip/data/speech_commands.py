@@ -11,6 +11,8 @@ drip's Training Phase makes its own validation split); the test set is the testi
 
 from __future__ import annotations
 
+import os
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -114,16 +116,25 @@ def load_speech_commands(folder: Path, *, seed: int = 0, progress: bool = True) 
 
 
 def fetch_speech_commands(folder: Path, *, log=print) -> Path:
-    """Download and unpack the official v0.02 archive into ``folder`` (SHA-256 checked)."""
+    """Download and unpack the official v0.02 archive into ``folder`` (SHA-256 checked).
+
+    The archive is unpacked into a scratch folder and moved into place last, so a crash midway
+    leaves no half-unpacked corpus that would look complete.
+    """
     folder = Path(folder)
-    if (folder / BACKGROUND).is_dir():
+    if (folder / "testing_list.txt").is_file() and (folder / BACKGROUND).is_dir():
         log(f"Speech Commands already in {folder}")
         return folder
     archive = download(URL, folder / ARCHIVE, sha256=ARCHIVE_SHA256, timeout_s=120)
+    scratch = folder / ".unpacking"
+    shutil.rmtree(scratch, ignore_errors=True)
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(folder, filter="data")
+            tar.extractall(scratch, filter="data")
     except (tarfile.TarError, OSError) as err:
         raise DripDataError(f"{archive}: cannot unpack: {err}") from None
+    for entry in sorted(scratch.iterdir(), key=lambda p: p.name == "testing_list.txt"):
+        os.replace(entry, folder / entry.name)
+    scratch.rmdir()
     log(f"Speech Commands: unpacked {archive} into {folder}")
     return folder

@@ -89,9 +89,8 @@ def filter_runs_s(folder: Path) -> tuple[float, float]:
     return times[0], times[1]
 
 
-def run(samples: int) -> None:
+def run(samples: int, folder: Path) -> None:
     torch.set_num_threads(1)
-    folder = Path(tempfile.mkdtemp(prefix="drip-bench-"))
     print(f"{samples} single-sample adds, {os.cpu_count()} CPUs, torch {torch.__version__}\n")
     print("| writer | median ms | p99 ms | max ms |\n|---|---|---|---|")
     print(row("durable (FULL)", commit_latencies_ms(folder / "full.sqlite", samples, True)))
@@ -113,4 +112,5 @@ def run(samples: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=400)
-    run(parser.parse_args().samples)
+    with tempfile.TemporaryDirectory(prefix="drip-bench-") as folder:
+        run(parser.parse_args().samples, Path(folder))

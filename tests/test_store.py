@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-import tempfile
-from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from drip.errors import DripInputError, DripStoreError
 from drip.store import SampleStore
@@ -171,92 +168,15 @@ def test_capacity_is_never_exceeded(tmp_path_factory, batches, capacity_bytes, c
         assert len(reopened) == len(rows)
 
 
-class StoreMachine(RuleBasedStateMachine):
-    """Random adds, batches and reopenings against a model of what the store must hold."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.folder = Path(tempfile.mkdtemp())
-        self.capacity_count = None
-        self.capacity_bytes = None
-        self.when_full = "reject"
-        self.store: SampleStore | None = None
-        self.rows: dict[int, tuple[int, float, int]] = {}  # id -> (label, score, nbytes)
-
-    @initialize(
-        capacity_count=st.one_of(st.none(), st.integers(0, 12)),
-        capacity_bytes=st.one_of(st.none(), st.integers(0, 160)),
-        when_full=st.sampled_from(["reject", "evict"]),
-    )
-    def open_store(self, capacity_count, capacity_bytes, when_full):
-        self.capacity_count, self.capacity_bytes, self.when_full = capacity_count, capacity_bytes, when_full
-        self.store = SampleStore(self.folder / "s.sqlite", capacity_bytes, capacity_count, when_full)
-
-    @rule(
-        batch=st.lists(
-            st.tuples(st.integers(0, 10), st.integers(0, 3), st.floats(0, 1, allow_nan=False)), max_size=6
-        )
-    )
-    def add_batch(self, batch):
-        ids = self.store.add_batch(
-            [torch.zeros(n) for n, _, _ in batch], [c for _, c, _ in batch], [s for _, _, s in batch]
-        )
-        assert len(ids) == len(batch)
-        for (n, label, score), row_id in zip(batch, ids):
-            if row_id is not None:
-                self.rows[row_id] = (label, score, 4 * n)
-        present = {row.id for row in self.store}
-        for row_id in set(self.rows) - present:  # evicted
-            assert self.when_full == "evict"
-            del self.rows[row_id]
-
-    @rule()
-    def reopen(self):
-        self.store.close()
-        self.store = SampleStore(
-            self.folder / "s.sqlite", self.capacity_bytes, self.capacity_count, self.when_full
-        )
-
-    @invariant()
-    def within_capacity_and_consistent(self):
-        if self.store is None:
-            return
-        rows = {row.id: (row.label, row.score, row.x.numel() * 4) for row in self.store}
-        assert rows == self.rows
-        used = sum(n for _, _, n in rows.values())
-        assert len(self.store) == len(rows) and self.store.bytes_used == used
-        assert self.capacity_count is None or len(rows) <= self.capacity_count
-        assert self.capacity_bytes is None or used <= self.capacity_bytes
-        counts: dict[int, int] = {}
-        for label, _, _ in rows.values():
-            counts[label] = counts.get(label, 0) + 1
-        assert self.store.class_counts() == counts
-
-    def teardown(self):
-        if self.store is not None:
-            self.store.close()
-
-
-StoreMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
-TestStoreMachine = StoreMachine.TestCase
-
-
-@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    classes=st.integers(2, 6),
-    capacity=st.integers(1, 20),
-    rounds=st.integers(1, 8),
-    seed=st.integers(0, 1000),
-)
-def test_eviction_keeps_a_balanced_stream_balanced(tmp_path_factory, classes, capacity, rounds, seed):
-    rng = torch.Generator().manual_seed(seed)
-    path = tmp_path_factory.mktemp("evict") / "s.sqlite"
-    with SampleStore(path, capacity_count=capacity, when_full="evict") as store:
-        for _ in range(rounds * max(capacity, classes)):
-            for label in torch.randperm(classes, generator=rng).tolist():  # a balanced stream
-                score = float(torch.rand(1, generator=rng))
-                store.add(torch.zeros(1), label, score)
-                counts = [store.class_counts().get(c, 0) for c in range(classes)]
-                assert len(store) <= capacity
-        assert max(counts) - min(counts) <= 1
-        assert len(store) == capacity
+def test_read_only_handle_reads_and_refuses_writes(tmp_path):
+    path = tmp_path / "kept.sqlite"
+    with SampleStore(path) as store:
+        store.add(torch.ones(3), 1, 0.5, source="a")
+    before = path.read_bytes()
+    with SampleStore(path, read_only=True) as reader:
+        assert [(r.source, r.x.tolist()) for r in reader] == [("a", [1.0, 1.0, 1.0])]
+        with pytest.raises(DripStoreError, match="read-only"):
+            reader.add(torch.ones(3), 2)
+    assert path.read_bytes() == before
+    with pytest.raises(DripStoreError, match="cannot open"):
+        SampleStore(tmp_path / "absent.sqlite", read_only=True)

@@ -14,11 +14,18 @@ import pickle
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .errors import DripError, DripInputError
 
 DATASETS = ("digits", "mnist", "cifar10", "speech-commands", "plant-village")
 FETCHABLE = ("mnist", "cifar10", "speech-commands")
+
+if TYPE_CHECKING:  # torch loads lazily, so that --help stays fast
+    import torch
+
+    from .store import SampleStore
+
 
 DESCRIPTION = """\
 DRIP keeps only the informative samples of a labelled stream: it scores each sample with the mean
@@ -95,14 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
         "filter",
         help="stream samples through DRIP into a sample store",
         description="Scores every sample of STREAM with MODEL and stores those inside the bands of "
-        "THRESHOLDS in STORE (an SQLite file, created if missing). Prints per-class counts. Each "
-        "sample's stable id is '<stream file name>:<index>': rerunning after a crash skips what the "
-        "store already holds and ends in the same store as an uninterrupted run. Bad records are "
-        "rejected, counted and listed with their index and reason; the rest goes on.",
+        "THRESHOLDS in STORE (an SQLite file, created if missing). Prints per-class counts. Sample i "
+        "is stored with the id 'STREAM-FILE-NAME:i', and each batch commits, with what it kept, how "
+        "far into the stream it got: rerunning the same command after a crash skips what was "
+        "decided and ends in the same store as an uninterrupted run. Malformed samples are "
+        "reported with their index and reason and the stream goes on. Exit codes: 0 done, 1 done "
+        "but --strict and some samples were malformed, 2 error.",
     )
     filt.add_argument("--model", type=Path, required=True, help="the scorer model the thresholds belong to")
     filt.add_argument("--thresholds", type=Path, required=True, help="thresholds JSON from drip calibrate")
-    filt.add_argument("--stream", type=Path, required=True, help=".pt file with tensors 'x' and 'y'")
+    filt.add_argument(
+        "--stream",
+        type=Path,
+        required=True,
+        help=".pt file with 'x' and 'y': tensors (N, ...) and (N,), or lists of one record each",
+    )
     filt.add_argument("--store", type=Path, required=True, help="sample store file")
     filt.add_argument("--capacity-count", type=int, default=None, help="most samples the store may hold")
     filt.add_argument("--capacity-bytes", type=int, default=None, help="most tensor bytes the store may hold")
@@ -110,14 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     filt.add_argument("--batch-size", type=int, default=64, help="samples scored per call (default: 64)")
     filt.add_argument("--layer", default=None, help="target layer (default: the one in THRESHOLDS)")
     filt.add_argument(
-        "--strict",
-        action="store_true",
-        help="exit with code 1 if any record was rejected (default: report them and go on)",
-    )
-    filt.add_argument(
         "--allow-model-mismatch",
         action="store_true",
         help="apply thresholds to a model other than the calibrated one",
+    )
+    filt.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with code 1 if any sample was malformed (default: report them, exit 0)",
     )
     _add_common(filt)
 
@@ -231,8 +245,6 @@ def _load_tensors(path: Path):
         raise DripInputError(f"{path}: cannot read a .pt file: {err}") from None
     if not isinstance(data, dict) or not {"x", "y"} <= set(data):
         raise DripInputError(f"{path}: expected a dict with tensors 'x' and 'y'")
-    if not all(isinstance(data[key], torch.Tensor) for key in ("x", "y")):
-        raise DripInputError(f"{path}: 'x' and 'y' must be tensors")
     return data["x"], data["y"]
 
 
@@ -293,9 +305,10 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     from .data import LabelledData
     from .score import DripScorer
     from .train import TrainConfig
+    from .validation import as_tensor
 
     model = _load_model(args.model)
-    x, y = _load_tensors(args.data)
+    x, y = (as_tensor(value, f"{args.data}: '{key}'") for key, value in zip("xy", _load_tensors(args.data)))
     if args.search:
         num_classes = int(getattr(model, "num_classes", 0) or int(y.max()) + 1)
         d0 = LabelledData(
@@ -338,69 +351,130 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _offer_stream(drip_filter, x, y, indices: list[int], name: str) -> list[tuple[int, str]]:
-    """Offer ``indices`` of the stream as one batch; on bad input, one by one. Rejected records."""
-    from .errors import DripInputError
+def _stream_records(values: Any, name: str, path: Path) -> Any:
+    """A stream's 'x' or 'y': a tensor (N, ...) or a list with one record each."""
+    import torch
 
+    if (isinstance(values, torch.Tensor) and values.dim() > 0) or isinstance(values, (list, tuple)):
+        return values
+    raise DripInputError(
+        f"{path}: '{name}': expected a tensor (N, ...) or a list of records, got {type(values).__name__}"
+    )
+
+
+def _records(values: Any, start: int, stop: int, name: str) -> torch.Tensor:
+    """Records ``start:stop`` of a stream's 'x' or 'y' as one batch tensor."""
+    import torch
+
+    from .validation import as_tensor
+
+    if isinstance(values, torch.Tensor):
+        return values[start:stop]
     try:
-        drip_filter.offer_batch(x[indices], y[indices], sources=[f"{name}:{i}" for i in indices])
-        return []
-    except DripInputError:
-        pass
-    rejected = []
-    for i in indices:  # isolate the bad records; the good ones of the batch still count
-        try:
-            drip_filter.offer(x[i], y[i], source=f"{name}:{i}")
-        except DripInputError as err:
-            rejected.append((i, str(err)))
-    return rejected
+        return torch.stack(
+            [as_tensor(value, f"{name}[{start + i}]") for i, value in enumerate(values[start:stop])]
+        )
+    except RuntimeError as err:
+        raise DripInputError(
+            f"{name}: records {start} to {stop - 1} differ in shape or dtype ({err})"
+        ) from None
+
+
+def _resume_point(store: SampleStore, key: str, digest: str, stream: Path) -> tuple[int, int]:
+    """Where an earlier run on this stream stopped: (next index, malformed samples it met)."""
+    import json
+
+    from .errors import DripStoreError
+
+    saved = store.checkpoint(key)
+    if saved is None:
+        return 0, 0
+    try:
+        progress = json.loads(saved)
+        start, malformed, sha256 = int(progress["next"]), int(progress["malformed"]), progress["sha256"]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        raise DripStoreError(
+            f"{store.path}: progress record for {stream.name} is damaged: {saved!r}"
+        ) from None
+    if sha256 != digest:
+        raise DripInputError(
+            f"--stream: {store.path} holds samples of another file named {stream.name} (its "
+            "SHA-256 differs); use a new store, or rename the stream file"
+        )
+    return start, malformed
 
 
 def _run_filter(args: argparse.Namespace) -> int:
+    import hashlib
+    import json
+
     from tqdm.auto import tqdm
 
+    from .errors import DripStoreError
     from .filter import DripFilter
     from .score import DripScorer
     from .store import SampleStore
     from .thresholds import Thresholds
 
+    if args.batch_size < 1:
+        raise DripInputError(f"--batch-size: expected a positive number, got {args.batch_size}")
     model = _load_model(args.model)
     thresholds = Thresholds.load(args.thresholds)
     x, y = _load_tensors(args.stream)
+    x, y = _stream_records(x, "x", args.stream), _stream_records(y, "y", args.stream)
     scorer = DripScorer(model, args.layer or thresholds.layer or None, thresholds.statistic)
     if len(x) != len(y):
         raise DripInputError(f"{args.stream}: {len(x)} samples but {len(y)} labels")
-    name = args.stream.name
-    rejected: list[tuple[int, str]] = []
-    already = 0
+    # Sample ids are "<stream file name>:<index>"; the stream's hash tells a rerun from a new file.
+    digest = hashlib.sha256(args.stream.read_bytes()).hexdigest()
+    key = f"drip filter:{args.stream.name}"
+    malformed: list[tuple[int, str]] = []
     with SampleStore(args.store, args.capacity_bytes, args.capacity_count, args.when_full) as store:
         drip_filter = DripFilter(scorer, thresholds, store, allow_model_mismatch=args.allow_model_mismatch)
-        for start in tqdm(range(0, len(x), args.batch_size), desc="filter", disable=args.quiet):
-            indices = list(range(start, min(start + args.batch_size, len(x))))
-            # Resuming after a crash: what the store holds is skipped before scoring.
-            held = store.stored_sources([f"{name}:{i}" for i in indices])
-            todo = [i for i in indices if f"{name}:{i}" not in held]
-            already += len(indices) - len(todo)
-            if todo:
-                rejected += _offer_stream(drip_filter, x, y, todo, name)
+        start, earlier_malformed = _resume_point(store, key, digest, args.stream)
+
+        def offer(first: int, stop: int) -> None:
+            # The position is committed with the batch's samples: a kill never separates them.
+            progress = {"next": stop, "malformed": earlier_malformed + len(malformed), "sha256": digest}
+            drip_filter.offer_batch(
+                _records(x, first, stop, "x"),
+                _records(y, first, stop, "y"),
+                sources=[f"{args.stream.name}:{i}" for i in range(first, stop)],
+                checkpoint=(key, json.dumps(progress)),
+            )
+
+        index = start
+        try:
+            for index in tqdm(range(start, len(x), args.batch_size), desc="filter", disable=args.quiet):
+                stop = min(index + args.batch_size, len(x))
+                try:
+                    offer(index, stop)
+                except DripInputError:
+                    # A bad sample fails its whole batch and changes nothing: find it one by one.
+                    for i in range(index, stop):
+                        try:
+                            offer(i, i + 1)
+                        except DripInputError as err:
+                            malformed.append((i, " ".join(str(err).split())))
+        except DripStoreError as err:
+            raise DripStoreError(
+                f"{err}; stopped at sample {index}, everything before it is stored: rerun the same "
+                "command to resume"
+            ) from None
         counters = drip_filter.counters
         print("| class | seen | kept | dropped | store full |\n|---|---|---|---|---|")
         for c in range(thresholds.num_classes):
             row = (c, counters.seen[c], counters.kept[c], counters.dropped[c], counters.rejected[c])
             print("| " + " | ".join(map(str, row)) + " |")
-        print(
-            f"storage saving {counters.storage_saving:.1%} of {sum(counters.seen)} scored; "
-            f"{already} already stored (skipped); store {args.store} holds {len(store)} samples"
-        )
-    if rejected:
-        print(f"{len(rejected)} bad record(s) rejected:", file=sys.stderr)
-        for index, reason in rejected[:20]:
-            print(f"  record {index}: {reason}", file=sys.stderr)
-        if len(rejected) > 20:
-            print(f"  ... and {len(rejected) - 20} more", file=sys.stderr)
-        if args.strict:
-            return 1
-    return 0
+        if start:
+            print(f"resumed at sample {start}: an earlier run decided samples 0 to {start - 1}")
+        for i, reason in malformed:
+            print(f"malformed sample {i}: {reason}")
+        total_malformed = earlier_malformed + len(malformed)
+        if total_malformed:
+            print(f"{total_malformed} malformed samples skipped ({earlier_malformed} in earlier runs)")
+        print(f"storage saving {counters.storage_saving:.1%}; store {args.store} holds {len(store)} samples")
+    return 1 if args.strict and total_malformed else 0
 
 
 def _run_experiment(args: argparse.Namespace) -> int:
@@ -477,7 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return runners[args.command](args)
     except DripError as err:
-        print(f"drip: error: {err}", file=sys.stderr)
+        # One line, whatever the message carries (torch and SQLite errors may span several).
+        print(f"drip: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 

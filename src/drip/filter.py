@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from .errors import DripInputError, DripModelMismatchError
 from .score import DripScorer
 from .store import SampleStore
@@ -27,8 +25,8 @@ class Decision:
     """What happened to one sample: ``kept`` and why (``reason``), with its score and label.
 
     ``reason`` is ``"kept"``, ``"above_high"`` (redundant), ``"below_low"`` (suspect) or
-    ``"store_full"`` (inside the band, but the store refused it). ``sample_id`` is the store's row
-    id of a kept sample.
+    ``"store_full"`` (inside the band, but the store refused it, or evicted it for a later sample
+    of the same batch). ``sample_id`` is the store's row id of a kept sample.
     """
 
     kept: bool
@@ -110,38 +108,46 @@ class DripFilter:
             raise DripInputError(f"y: expected one label for one sample, got shape {tuple(labels.shape)}")
         return self.offer_batch(tensor.unsqueeze(0), labels.reshape(1), sources=[source])[0]
 
-    def offer_batch(self, xs: Any, ys: Any, *, sources: Sequence[str | None] | None = None) -> list[Decision]:
+    def offer_batch(
+        self,
+        xs: Any,
+        ys: Any,
+        *,
+        sources: Sequence[str | None] | None = None,
+        checkpoint: tuple[str, str] | None = None,
+    ) -> list[Decision]:
         """Decide on a batch ``xs: (B, ...)`` with labels ``ys: (B,)``; one decision per sample.
 
         The kept samples of the batch are stored in one transaction; counters change only after
-        it committed.
+        it committed. ``checkpoint=(name, value)`` is committed in that same transaction (see
+        ``SampleStore.add_batch``), even when nothing is kept: a stream reader that records its
+        position this way resumes exactly where the store's contents say it stopped.
         """
+        if sources is not None and (isinstance(sources, (str, bytes)) or not isinstance(sources, Sequence)):
+            raise DripInputError(
+                f"sources: expected one id (or None) per sample, got {type(sources).__name__}"
+            )
+        if checkpoint is not None and self.store is None:
+            raise DripInputError("checkpoint: needs a store to be written to, but the filter has none")
         batch = self.scorer.score_batch(xs, ys)
         inputs, labels, scores = batch.x, batch.y, batch.scores
         if sources is not None and len(sources) != len(labels):
-            raise DripInputError(f"sources: got {len(sources)} for {len(labels)} samples")
+            raise DripInputError(f"sources: expected one per sample ({len(labels)}), got {len(sources)}")
         if labels.numel() and int(labels.max()) >= self.thresholds.num_classes:
             raise DripInputError(
                 f"y: label {int(labels.max())} is out of range, expected [0, {self.thresholds.num_classes})"
-            )
-        if not len(labels):
-            return []
-        if not torch.isfinite(scores).all():
-            bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
-            raise DripInputError(
-                f"x: samples {bad[:10]} got a non-finite score (the model overflowed on them); "
-                "nothing was stored"
             )
         position = self.thresholds.position(scores, labels)
         keep = (position == 0).tolist()
         keep_index = [i for i, k in enumerate(keep) if k]
         sample_ids: list[int | None] = [None] * len(labels)
-        if self.store is not None and keep_index:
+        if self.store is not None and (keep_index or checkpoint is not None):
             kept_ids = self.store.add_batch(
                 inputs[keep_index],
                 labels[keep_index].tolist(),
                 scores[keep_index].tolist(),
                 [sources[i] for i in keep_index] if sources is not None else None,
+                checkpoint=checkpoint,
             )
             for i, sample_id in zip(keep_index, kept_ids):
                 sample_ids[i] = sample_id

@@ -173,9 +173,16 @@ class DripScorer:
             raise
         except (RuntimeError, ValueError, TypeError, IndexError) as err:
             raise DripInputError(
-                f"x: the model's forward failed on input of shape {tuple(inputs.shape)}: {err}"
+                f"x: expected input the model accepts, but its forward failed on shape "
+                f"{tuple(inputs.shape)}: {err}"
             ) from None
         scores = STATISTICS[self.statistic](result.maps)
+        if not torch.isfinite(scores).all():
+            bad = (~torch.isfinite(scores)).nonzero().flatten()[:10].tolist()
+            raise DripInputError(
+                f"x: expected inputs the model scores finitely, but it overflowed on samples {bad} "
+                f"(as {inputs.dtype}): non-finite score"
+            )
         return ScoredBatch(inputs, labels, result.maps, result.logits, scores)
 
     def heatmaps(self, x: Any, y: Any) -> torch.Tensor:

@@ -10,14 +10,17 @@ Capacity counts tensor payload bytes (``capacity_bytes``) and rows (``capacity_c
 itself is somewhat larger (SQLite pages, indexes). The store never holds more than either limit.
 When a sample does not fit, ``when_full="reject"`` refuses it and ``"evict"`` removes the most
 redundant sample (highest DRIP score) of the most represented class, unless the newcomer is itself
-that sample.
+that sample; then nothing is evicted for it. A sample without a score counts as the least redundant.
+
+Every fault is a ``DripStoreError`` naming the file and the cause (not a drip store, corrupt,
+newer schema, read-only, disk full, locked); a failed write leaves the file as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import operator
+import math
 import os
 import sqlite3
 import time
@@ -36,6 +39,40 @@ from .validation import as_tensor
 FORMAT = "drip-store"
 SCHEMA_VERSION = 1
 WhenFull = Literal["reject", "evict"]
+
+# Dtypes whose bytes are the values (no scale, no zero point, no layout); the unsigned ones past
+# uint8 exist from torch 2.3 on.
+_STORABLE = {
+    name: getattr(torch, name)
+    for name in (
+        "bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64",
+        "float16", "bfloat16", "float32", "float64",
+    )
+    if isinstance(getattr(torch, name, None), torch.dtype)
+}  # fmt: skip
+_SQLITE_INT_MAX = 2**63 - 1
+_CHECKPOINT = "checkpoint:"
+_TABLES = {"meta", "samples", "usage"}
+
+# Primary SQLite result codes (``sqlite3.Error.sqlite_errorcode & 0xFF``) and what they mean here.
+_CAUSES = {
+    5: "locked by another process (busy)",
+    6: "locked by another connection",
+    8: "read-only: the store, its folder, or its -wal / -shm files cannot be written",
+    10: "disk I/O error",
+    11: "the file is corrupt or truncated",
+    13: "disk full (or the store's page limit reached)",
+    14: "cannot open the file (no permission, or its folder is read-only)",
+    26: "not a drip store (not an SQLite file)",
+}
+
+
+def _cause(err: sqlite3.Error) -> str:
+    """SQLite's message with what it means for a store (error codes need Python 3.11)."""
+    code = getattr(err, "sqlite_errorcode", None)
+    meaning = _CAUSES.get(code & 0xFF) if isinstance(code, int) else None
+    return f"{meaning} ({err})" if meaning else str(err)
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -84,50 +121,104 @@ class _Encoded:
     source: str | None
 
 
-def _scalar(value: Any) -> Any:
-    """A one-element tensor or array as a Python number; anything else unchanged."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
-    if isinstance(value, np.ndarray) and value.size == 1:
-        return value.item()
-    return value
-
-
 def _encode(x: Any, label: Any, score: Any, source: Any, where: str) -> _Encoded:
     tensor = as_tensor(x, f"{where}x")
-    if tensor.is_complex() or tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        raise DripInputError(f"{where}x: dtype {tensor.dtype} cannot be stored")
-    label = _scalar(label)
-    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
-        raise DripInputError(f"{where}label: expected a non-negative integer, got {label!r}")
-    label = operator.index(label)
-    if label < 0:
-        raise DripInputError(f"{where}label: expected a non-negative integer, got {label}")
-    score = _scalar(score)
-    if score is not None:
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or score != score:
-            raise DripInputError(f"{where}score: expected a finite number or None, got {score!r}")
-        score = float(score)
-        if score in (float("inf"), float("-inf")):
-            raise DripInputError(f"{where}score: expected a finite number or None, got {score}")
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    if _STORABLE.get(dtype) != tensor.dtype:
+        raise DripInputError(
+            f"{where}x: expected a tensor of one of {sorted(_STORABLE)}, got dtype {tensor.dtype}, "
+            "which cannot be stored"
+        )
     if source is not None and not isinstance(source, str):
         raise DripInputError(f"{where}source: expected a string or None, got {type(source).__name__}")
+    if source is not None and not _is_utf8(source):
+        raise DripInputError(f"{where}source: expected text that UTF-8 can encode, got {source!r}")
     data = tensor.detach().cpu().contiguous().reshape(-1)
     return _Encoded(
-        label=label,
-        score=score,
+        label=_check_label(label, where),
+        score=_check_score(score, where),
         shape=json.dumps(list(tensor.shape)),
-        dtype=str(tensor.dtype).removeprefix("torch."),
+        dtype=dtype,
         data=data.view(torch.uint8).numpy().tobytes() if data.numel() else b"",
         source=source,
     )
 
 
-def _decode(shape: str, dtype: str, data: bytes) -> torch.Tensor:
-    torch_dtype = getattr(torch, dtype, None)
-    if not isinstance(torch_dtype, torch.dtype):
-        raise DripStoreError(f"unknown dtype {dtype!r} in store")
-    dims = json.loads(shape)
+def _scalar(value: Any) -> Any:
+    """A one-element tensor or numpy value as a Python number; anything else unchanged."""
+    if isinstance(value, torch.Tensor):
+        dense = value.layout == torch.strided and not value.is_meta and not value.is_quantized
+        return value.item() if dense and value.numel() == 1 else value
+    if isinstance(value, (np.ndarray, np.generic)) and np.size(value) == 1:
+        return np.asarray(value).item()
+    return value
+
+
+def _check_label(label: Any, where: str) -> int:
+    found = label
+    if isinstance(label, (torch.Tensor, np.ndarray, np.generic)):
+        label = _scalar(label)
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= _SQLITE_INT_MAX:
+        raise DripInputError(f"{where}label: expected a non-negative integer below 2**63, got {found!r}")
+    return int(label)
+
+
+def _check_score(score: Any, where: str) -> float | None:
+    if score is None:
+        return None
+    found, score = score, _scalar(score)
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
+        raise DripInputError(f"{where}score: expected a finite number or None, got {found!r}")
+    try:
+        value = float(score)
+    except OverflowError:
+        value = math.inf
+    if not math.isfinite(value):
+        raise DripInputError(f"{where}score: expected a finite number or None, got {found!r}")
+    return value
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _as_list(values: Any, name: str) -> list[Any]:
+    """Per-sample values (a sequence, tensor or array; not a string) as a list."""
+    if isinstance(values, (torch.Tensor, np.ndarray)) and values.ndim > 0:
+        return list(values)
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise DripInputError(f"{name}: expected one value per sample, got {type(values).__name__}")
+    return list(values)
+
+
+def _decode(
+    row_id: int, label: Any, score: Any, shape: Any, dtype: Any, data: Any, where: Path
+) -> torch.Tensor:
+    """A row's tensor, after checking the row is whole: a hand-edited or damaged row is an error."""
+    torch_dtype = _STORABLE.get(dtype) if isinstance(dtype, str) else None
+    try:
+        dims = json.loads(shape) if isinstance(shape, str) else None
+    except (json.JSONDecodeError, RecursionError):
+        dims = None
+    problem = None
+    if torch_dtype is None:
+        problem = f"dtype {dtype!r} is not one drip stores"
+    elif not isinstance(dims, list) or not all(type(d) is int and d >= 0 for d in dims):
+        problem = f"shape {shape!r} is not a list of sizes"
+    elif not isinstance(data, bytes) or len(data) != math.prod(dims) * torch_dtype.itemsize:
+        found = f"{len(data)} bytes" if isinstance(data, bytes) else type(data).__name__
+        needed = math.prod(dims) * torch_dtype.itemsize
+        problem = f"data holds {found}, but shape {dims} of {dtype} needs {needed} bytes"
+    elif isinstance(label, bool) or not isinstance(label, int) or label < 0:
+        problem = f"label {label!r} is not a non-negative integer"
+    elif score is not None and not isinstance(score, float):
+        problem = f"score {score!r} is not a number"
+    if problem is not None:
+        raise DripStoreError(f"{where}: sample {row_id} is damaged or was edited by hand: {problem}")
     if not data:
         return torch.empty(dims, dtype=torch_dtype)
     return torch.frombuffer(bytearray(data), dtype=torch_dtype).reshape(dims)
@@ -170,7 +261,11 @@ class SampleStore:
         self.when_full = when_full
         self.read_only = read_only
         self._conn = self._open(durable)
-        count, used = self._totals()
+        try:
+            count, used = self._totals()
+        except DripStoreError:
+            self._conn.close()
+            raise
         if (capacity_count is not None and count > capacity_count) or (
             capacity_bytes is not None and used > capacity_bytes
         ):
@@ -181,8 +276,11 @@ class SampleStore:
             )
 
     def _open(self, durable: bool) -> sqlite3.Connection:
+        # SQLite says "unable to open database file" for both; say which.
         if self.path.is_dir():
-            raise DripStoreError(f"{self.path}: is a directory, expected a store file")
+            raise DripStoreError(f"path: expected a store file, got the folder {self.path}")
+        if not self.path.parent.is_dir():
+            raise DripStoreError(f"path: {self.path}: folder {self.path.parent} does not exist")
         try:
             if self.read_only:
                 conn = sqlite3.connect(
@@ -191,7 +289,7 @@ class SampleStore:
             else:
                 conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         except sqlite3.Error as err:
-            raise DripStoreError(f"{self.path}: cannot open store: {err}") from None
+            raise DripStoreError(f"{self.path}: cannot open store: {_cause(err)}") from None
         try:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
             if not tables and self.read_only:
@@ -204,12 +302,9 @@ class SampleStore:
                 if not self.read_only:
                     conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        except sqlite3.OperationalError as err:
+        except sqlite3.Error as err:
             conn.close()
-            raise DripStoreError(f"{self.path}: cannot open store: {err}") from None
-        except sqlite3.DatabaseError as err:
-            conn.close()
-            raise DripStoreError(f"{self.path}: not a drip store ({err})") from None
+            raise DripStoreError(f"{self.path}: cannot open store: {_cause(err)}") from None
         except DripStoreError:
             conn.close()
             raise
@@ -233,12 +328,18 @@ class SampleStore:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("format") != FORMAT:
             raise DripStoreError(f"{self.path}: an SQLite file, but not a drip store")
-        version = int(meta.get("schema_version", "0"))
-        if version > SCHEMA_VERSION:
+        version = meta.get("schema_version")
+        if not (isinstance(version, str) and version.isdigit()):
+            raise DripStoreError(
+                f"{self.path}: schema_version: expected a whole number, got {version!r} (edited by hand?)"
+            )
+        if int(version) > SCHEMA_VERSION:
             raise DripStoreError(
                 f"{self.path}: store schema version {version} is newer than this drip reads "
                 f"({SCHEMA_VERSION}); upgrade drip"
             )
+        if missing := _TABLES - tables:
+            raise DripStoreError(f"{self.path}: a damaged drip store: tables {sorted(missing)} are missing")
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -252,27 +353,47 @@ class SampleStore:
         labels: Sequence[int] | torch.Tensor,
         scores: Sequence[float | None] | torch.Tensor | None = None,
         sources: Sequence[str | None] | None = None,
+        *,
+        checkpoint: tuple[str, str] | None = None,
     ) -> list[int | None]:
-        """Store samples in one transaction; per sample its row id or None (did not fit).
+        """Store samples in one transaction; per sample its row id, or None if it is not held.
 
-        A sample whose ``source`` is already stored is not stored again; its existing row id is
-        returned, which makes replaying a stream after a crash idempotent.
+        A sample is not held when it did not fit, or when a later sample of the same batch evicted
+        it. A sample whose ``source`` is already stored is not stored again; its existing row id is
+        returned, which makes replaying a stream after a crash idempotent. ``checkpoint=(name,
+        value)`` is written in the same transaction (read it back with ``checkpoint(name)``): a
+        stream reader records how far it got, atomically with what it stored.
         """
-        count = len(xs)
-        scores_list = [None] * count if scores is None else list(scores)
-        sources_list = [None] * count if sources is None else list(sources)
-        labels_list = labels.tolist() if isinstance(labels, torch.Tensor) else list(labels)
+        xs_list = _as_list(xs, "xs")
+        count = len(xs_list)
+        labels_list = _as_list(labels, "labels")
+        scores_list = [None] * count if scores is None else _as_list(scores, "scores")
+        sources_list = [None] * count if sources is None else _as_list(sources, "sources")
         if not (len(labels_list) == len(scores_list) == len(sources_list) == count):
             raise DripInputError(
                 f"add_batch: got {count} samples, {len(labels_list)} labels, "
                 f"{len(scores_list)} scores and {len(sources_list)} sources"
             )
+        if checkpoint is not None and not (
+            isinstance(checkpoint, tuple)
+            and len(checkpoint) == 2
+            and all(isinstance(part, str) and _is_utf8(part) for part in checkpoint)
+        ):
+            raise DripInputError(f"checkpoint: expected a (name, value) pair of strings, got {checkpoint!r}")
         rows = [
             _encode(x, lab, sc, src, f"sample {i}: " if count > 1 else "")
-            for i, (x, lab, sc, src) in enumerate(zip(xs, labels_list, scores_list, sources_list))
+            for i, (x, lab, sc, src) in enumerate(zip(xs_list, labels_list, scores_list, sources_list))
         ]
+        evicted: set[int] = set()
         with self._transaction():
-            return [self._insert(row) for row in rows]
+            ids = [self._insert(row, evicted) for row in rows]
+            if checkpoint is not None:
+                self._conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (_CHECKPOINT + checkpoint[0], checkpoint[1]),
+                )
+        return [None if row_id in evicted else row_id for row_id in ids]
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -281,7 +402,7 @@ class SampleStore:
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as err:
-            raise DripStoreError(f"{self.path}: cannot write: {err}") from None
+            raise DripStoreError(f"{self.path}: cannot write, nothing stored: {_cause(err)}") from None
         try:
             yield
             self._conn.execute("COMMIT")
@@ -289,10 +410,10 @@ class SampleStore:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
             if isinstance(err, sqlite3.Error):
-                raise DripStoreError(f"{self.path}: write failed, nothing stored: {err}") from None
+                raise DripStoreError(f"{self.path}: write failed, nothing stored: {_cause(err)}") from None
             raise
 
-    def _insert(self, row: _Encoded) -> int | None:
+    def _insert(self, row: _Encoded, evicted: set[int]) -> int | None:
         if row.source is not None:
             found = self._conn.execute("SELECT id FROM samples WHERE source = ?", (row.source,)).fetchone()
             if found:
@@ -300,9 +421,21 @@ class SampleStore:
         nbytes = len(row.data)
         if self.capacity_bytes is not None and nbytes > self.capacity_bytes:
             return None
-        while not self._fits(nbytes):
-            if self.when_full == "reject" or not self._evict_for(row):
+        if not self._fits(nbytes):
+            if self.when_full == "reject":
                 return None
+            # Evictions for a newcomer that is refused after all must not happen: undo them.
+            self._conn.execute("SAVEPOINT make_room")
+            victims: list[int] = []
+            while not self._fits(nbytes):
+                victim = self._evict_for(row)
+                if victim is None:
+                    self._conn.execute("ROLLBACK TO make_room")
+                    self._conn.execute("RELEASE make_room")
+                    return None
+                victims.append(victim)
+            self._conn.execute("RELEASE make_room")
+            evicted.update(victims)
         cursor = self._conn.execute(
             "INSERT INTO samples (label, score, shape, dtype, nbytes, data, created_at, source) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -316,15 +449,13 @@ class SampleStore:
             return False
         return self.capacity_bytes is None or used + nbytes <= self.capacity_bytes
 
-    def _evict_for(self, row: _Encoded) -> bool:
-        """Remove the highest-score sample of the largest class; False if the newcomer is it."""
+    def _evict_for(self, row: _Encoded) -> int | None:
+        """Remove the highest-score sample of the largest class; its id, or None if the newcomer is it."""
         counts = self.class_counts()
         counts[row.label] = counts.get(row.label, 0) + 1
         largest = max(counts.values())
-        tied = [c for c, n in counts.items() if n == largest]
-        # Among equally large classes prefer the newcomer's own (a replacement keeps the balance),
-        # then the lowest label, so eviction is deterministic.
-        label = row.label if row.label in tied else min(tied)
+        # Ties between classes go to the lowest label, so eviction is deterministic.
+        label = min(c for c, n in counts.items() if n == largest)
         victim = self._conn.execute(
             "SELECT id, score FROM samples WHERE label = ? ORDER BY score IS NULL, score DESC, id LIMIT 1",
             (label,),
@@ -333,16 +464,24 @@ class SampleStore:
             victim[1] is None or (row.score is not None and row.score >= victim[1])
         )
         if victim is None or (label == row.label and newcomer_scores_higher):
-            return False
+            return None
         self._conn.execute("DELETE FROM samples WHERE id = ?", (victim[0],))
-        return True
+        return int(victim[0])
 
     # -- reading ---------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as err:
+            raise DripStoreError(f"{self.path}: cannot read: {_cause(err)}") from None
+
     def _totals(self) -> tuple[int, int]:
-        count, used = self._conn.execute(
-            "SELECT COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0) FROM usage"
-        ).fetchone()
+        with self._reading():
+            count, used = self._conn.execute(
+                "SELECT COALESCE(SUM(count), 0), COALESCE(SUM(bytes), 0) FROM usage"
+            ).fetchone()
         return int(count), int(used)
 
     def __len__(self) -> int:
@@ -353,36 +492,33 @@ class SampleStore:
         """Tensor payload bytes held (what ``capacity_bytes`` limits)."""
         return self._totals()[1]
 
-    def stored_sources(self, sources: Sequence[str]) -> set[str]:
-        """Those of ``sources`` the store already holds (to skip them when replaying a stream)."""
-        found: set[str] = set()
-        unique = list(dict.fromkeys(sources))
-        for start in range(0, len(unique), 500):  # stay below SQLite's bound-parameter limit
-            chunk = unique[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self._conn.execute(f"SELECT source FROM samples WHERE source IN ({marks})", chunk)
-            found.update(row[0] for row in rows)
-        return found
-
     def class_counts(self) -> dict[int, int]:
         """Samples held per label (labels with none are absent)."""
-        rows = self._conn.execute("SELECT label, count FROM usage WHERE count > 0").fetchall()
+        with self._reading():
+            rows = self._conn.execute("SELECT label, count FROM usage WHERE count > 0").fetchall()
         return {int(label): int(count) for label, count in rows}
+
+    def checkpoint(self, name: str) -> str | None:
+        """The value last committed by ``add_batch(..., checkpoint=(name, value))``, or None."""
+        with self._reading():
+            row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (_CHECKPOINT + name,)).fetchone()
+        return None if row is None else str(row[0])
 
     def __iter__(self) -> Iterator[StoredSample]:
         """Every sample in insertion order, from one consistent snapshot."""
-        cursor = self._conn.execute(
-            "SELECT id, label, score, shape, dtype, data, created_at, source FROM samples ORDER BY id"
-        )
-        for row_id, label, score, shape, dtype, data, created_at, source in cursor:
-            yield StoredSample(
-                id=row_id,
-                x=_decode(shape, dtype, data),
-                label=label,
-                score=score,
-                created_at=created_at,
-                source=source,
+        with self._reading():
+            cursor = self._conn.execute(
+                "SELECT id, label, score, shape, dtype, data, created_at, source FROM samples ORDER BY id"
             )
+            for row_id, label, score, shape, dtype, data, created_at, source in cursor:
+                yield StoredSample(
+                    id=row_id,
+                    x=_decode(row_id, label, score, shape, dtype, data, self.path),
+                    label=label,
+                    score=score,
+                    created_at=created_at,
+                    source=source,
+                )
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All samples stacked: ``x: (N, ...)``, ``labels: (N,)``, ``scores: (N,)`` (NaN if none)."""

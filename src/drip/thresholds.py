@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -64,12 +65,31 @@ class Thresholds:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        low = tuple(float(v) for v in self.low)
-        high = tuple(float(v) for v in self.high)
+        low = _floats(self.low, "low")
+        high = _floats(self.high, "high")
+        counts = _sequence(self.counts, "counts")
+        if not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 0 for c in counts):
+            raise DripThresholdsError(f"counts: expected non-negative integers, got {self.counts!r}")
+        pooled = _sequence(self.pooled, "pooled")
+        if not all(isinstance(p, (bool, np.bool_)) for p in pooled):
+            raise DripThresholdsError(f"pooled: expected true/false values, got {self.pooled!r}")
+        for name in ("q_low", "q_high"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+                raise DripThresholdsError(f"{name}: expected a number in [0, 1), got {value!r}")
+        for name in ("statistic", "layer", "target", "cam"):
+            if not isinstance(getattr(self, name), str):
+                raise DripThresholdsError(f"{name}: expected a string, got {getattr(self, name)!r}")
+        if self.model_fingerprint is not None and not isinstance(self.model_fingerprint, str):
+            raise DripThresholdsError(
+                f"model_fingerprint: expected a string or None, got {self.model_fingerprint!r}"
+            )
+        if not isinstance(self.metadata, Mapping):
+            raise DripThresholdsError(f"metadata: expected a mapping, got {type(self.metadata).__name__}")
         object.__setattr__(self, "low", low)
         object.__setattr__(self, "high", high)
-        object.__setattr__(self, "counts", tuple(int(c) for c in self.counts))
-        object.__setattr__(self, "pooled", tuple(bool(p) for p in self.pooled))
+        object.__setattr__(self, "counts", tuple(int(c) for c in counts))
+        object.__setattr__(self, "pooled", tuple(bool(p) for p in pooled))
         if not low or len(low) != len(high):
             raise DripThresholdsError(
                 f"low/high: expected one value per class, got {len(low)} and {len(high)}"
@@ -107,17 +127,18 @@ class Thresholds:
         q_high = check_fraction(q_high, "q_high")
         q_low = check_fraction(q_low, "q_low")
         if q_low + q_high >= 1:
-            raise DripInputError(f"q_low + q_high: must be below 1, got {q_low} + {q_high}")
-        values = torch.as_tensor(scores).detach().cpu().double().numpy().reshape(-1)
-        classes = torch.as_tensor(labels).detach().cpu().long().numpy().reshape(-1)
-        if values.size == 0 or values.size != classes.size:
-            raise DripInputError(
-                f"scores/labels: expected the same non-zero count, got {values.size} and {classes.size}"
-            )
-        if not np.isfinite(values).all():
-            raise DripInputError("scores: calibration scores must be finite")
-        if classes.min() < 0 or classes.max() >= num_classes:
-            raise DripInputError(f"labels: expected values in [0, {num_classes})")
+            raise DripInputError(f"q_low + q_high: expected a sum below 1, got {q_low} + {q_high}")
+        for name, value in (("num_classes", num_classes), ("min_class_points", min_class_points)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise DripInputError(f"{name}: expected a positive integer, got {value!r}")
+        scores_1d = _scores(scores)
+        if scores_1d.numel() == 0:
+            raise DripInputError("scores: expected at least one calibration score, got none")
+        if not torch.isfinite(scores_1d).all():
+            raise DripInputError("scores: expected finite calibration scores, got NaN or infinite ones")
+        labels_1d = check_labels(labels, count=scores_1d.numel(), num_classes=int(num_classes), name="labels")
+        values = scores_1d.numpy()
+        classes = labels_1d.cpu().numpy()
         low, high, counts, pooled = [], [], [], []
         for c in range(num_classes):
             own = values[classes == c]
@@ -140,25 +161,22 @@ class Thresholds:
     def position(self, scores: Any, labels: Any) -> torch.Tensor:
         """Per sample: ``BELOW_LOW`` (-1), ``INSIDE`` (0) or ``ABOVE_HIGH`` (1) of its class band.
 
-        ``scores`` must be finite: a NaN lies in no band, and silently keeping it would store garbage.
+        ``scores: (B,)`` real numbers (a NaN score lies in no band: an error), ``labels: (B,)``
+        integers in ``[0, num_classes)``.
         """
-        values = as_tensor(scores, "scores")
-        if values.dtype == torch.bool or values.is_complex() or values.dim() != 1:
-            raise DripInputError(
-                f"scores: expected a 1-D tensor of real numbers, got {values.dtype} {tuple(values.shape)}"
-            )
-        values = values.detach().cpu().double()
-        if not torch.isfinite(values).all():
-            raise DripInputError("scores: expected finite values, got NaN or infinity")
-        classes = check_labels(labels, count=len(values), num_classes=self.num_classes, name="labels")
-        low = torch.tensor(self.low, dtype=torch.float64)[classes]
-        high = torch.tensor(self.high, dtype=torch.float64)[classes]
-        result = torch.zeros(classes.shape, dtype=torch.int8)
-        result[values < low] = BELOW_LOW
-        result[values > high] = ABOVE_HIGH
+        scores = _scores(scores)
+        if torch.isnan(scores).any():
+            bad = torch.isnan(scores).nonzero().flatten()[:10].tolist()
+            raise DripInputError(f"scores: expected numbers, got NaN at samples {bad}")
+        labels = check_labels(labels, count=scores.numel(), num_classes=self.num_classes, name="labels").cpu()
+        low = torch.tensor(self.low, dtype=torch.float64)[labels]
+        high = torch.tensor(self.high, dtype=torch.float64)[labels]
+        result = torch.zeros(labels.shape, dtype=torch.int8)
+        result[scores < low] = BELOW_LOW
+        result[scores > high] = ABOVE_HIGH
         return result
 
-    def keep(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def keep(self, scores: Any, labels: Any) -> torch.Tensor:
         """BoolTensor (B,): True where the score lies inside its class's band."""
         return self.position(scores, labels) == INSIDE
 
@@ -188,7 +206,7 @@ class Thresholds:
         if not isinstance(data, Mapping) or data.get("format") != FORMAT:
             raise DripThresholdsError(f"{source}: not a drip thresholds file (no format {FORMAT!r})")
         version = data.get("version")
-        if version != VERSION:
+        if isinstance(version, bool) or version != VERSION:
             raise DripThresholdsError(
                 f"{source}: thresholds format version {version!r}, this drip reads version {VERSION}"
             )
@@ -203,8 +221,6 @@ class Thresholds:
             for key, value in fields.items():
                 if value is not None and not isinstance(value, str):
                     raise TypeError(f"{key} must be a string")
-            counts = [int(_number(c, "counts")) for c in data.get("counts", [])]
-            pooled = [bool(p) for p in data.get("pooled", [])]
             metadata = data.get("metadata", {})
             if not isinstance(metadata, Mapping):
                 raise TypeError("metadata must be an object")
@@ -213,14 +229,14 @@ class Thresholds:
                 high=tuple(high),
                 q_low=_number(data.get("q_low", 0.0), "q_low"),
                 q_high=_number(data.get("q_high", 0.0), "q_high"),
-                counts=tuple(counts),
-                pooled=tuple(pooled),
+                counts=tuple(data.get("counts", [])),
+                pooled=tuple(data.get("pooled", [])),
                 metadata=dict(metadata),
                 **fields,
             )
         except DripThresholdsError as err:
             raise DripThresholdsError(f"{source}: {err}") from None
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
             raise DripThresholdsError(f"{source}: malformed field: {err}") from None
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -246,6 +262,8 @@ class Thresholds:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise DripThresholdsError(f"{path}: not valid JSON ({err})") from None
+        except RecursionError:
+            raise DripThresholdsError(f"{path}: not valid JSON for thresholds (nested too deeply)") from None
         return cls.from_dict(data, source=str(path))
 
 
@@ -253,3 +271,37 @@ def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must hold numbers, got {value!r}")
     return float(value)
+
+
+def _sequence(values: Any, name: str) -> tuple[Any, ...]:
+    if isinstance(values, (torch.Tensor, np.ndarray)) and values.ndim == 1:
+        return tuple(values.tolist())
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise DripThresholdsError(f"{name}: expected a list, got {type(values).__name__}")
+    return tuple(values)
+
+
+def _floats(values: Any, name: str) -> tuple[float, ...]:
+    """Band edges as floats (NaN included: the band check names it), or a clear error."""
+    result = []
+    for value in _sequence(values, name):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise DripThresholdsError(f"{name}: expected one number per class, got {value!r}")
+        try:
+            result.append(float(value))
+        except OverflowError:
+            raise DripThresholdsError(f"{name}: expected one number per class, got {value!r}") from None
+    return tuple(result)
+
+
+def _scores(scores: Any) -> torch.Tensor:
+    """Scores ``(B,)`` as float64 on the CPU; a 0-d score is one sample."""
+    tensor = as_tensor(scores, "scores")
+    if tensor.dtype == torch.float32 and not isinstance(scores, (torch.Tensor, np.ndarray)):
+        # Python floats are doubles: torch's default float32 would round them, or overflow to inf.
+        tensor = torch.as_tensor(scores, dtype=torch.float64)
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        raise DripInputError(f"scores: expected real numbers, got {tensor.dtype}")
+    if tensor.dim() > 1:
+        raise DripInputError(f"scores: expected a 1-D tensor (B,), got shape {tuple(tensor.shape)}")
+    return tensor.detach().cpu().double().reshape(-1)

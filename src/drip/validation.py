@@ -18,12 +18,27 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def as_tensor(value: Any, name: str) -> torch.Tensor:
-    """``value`` (tensor, numpy array, nested list or number) as a tensor, or a clear error."""
-    if isinstance(value, torch.Tensor):
-        return value
+    """``value`` (tensor, numpy array, nested list or number) as a dense tensor, or a clear error.
+
+    Sparse, quantized, nested and meta tensors are refused: none of them holds plain values that
+    can be scored or stored byte for byte (reading a stored quantized tensor crashed torch).
+    """
+    tensor = value if isinstance(value, torch.Tensor) else _convert(value, name)
+    if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_nested or tensor.is_meta:
+        kind = "quantized" if tensor.is_quantized else "nested" if tensor.is_nested else "meta"
+        found = kind if tensor.layout == torch.strided else str(tensor.layout).removeprefix("torch.")
+        raise DripInputError(f"{name}: expected a dense tensor holding its values, got a {found} tensor")
+    return tensor
+
+
+def _convert(value: Any, name: str) -> torch.Tensor:
     try:
-        if isinstance(value, np.ndarray) and value.dtype.kind in "OUSV":
-            raise TypeError(f"numpy dtype {value.dtype}")
+        if isinstance(value, np.ndarray):
+            if value.dtype.kind in "OUSV":
+                raise TypeError(f"numpy dtype {value.dtype}")
+            # torch refuses negative strides and foreign byte order; a native copy has neither.
+            if not value.dtype.isnative or any(stride < 0 for stride in value.strides):
+                value = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("="))
         return torch.as_tensor(value)
     except (TypeError, ValueError, RuntimeError, OverflowError) as err:
         raise DripInputError(
@@ -53,6 +68,8 @@ def check_inputs(
         )
     if tensor.dim() < 1:
         raise DripInputError(f"{name}: expected a batch (B, ...), got a scalar")
+    if tensor.shape == (0,) and sample_shape is not None:  # [] is an empty batch of any shape
+        tensor = tensor.reshape(0, *sample_shape)
     if sample_shape is not None and tuple(tensor.shape[1:]) != tuple(sample_shape):
         raise DripInputError(
             f"{name}: expected shape (B, {', '.join(map(str, sample_shape))}), got {tuple(tensor.shape)}"
@@ -62,7 +79,8 @@ def check_inputs(
         bad = (~torch.isfinite(tensor)).flatten(1).any(1).nonzero().flatten()
         # Values finite in float64 may overflow in the model's dtype: name the cast as well.
         raise DripInputError(
-            f"{name}: samples {bad[:10].tolist()} contain NaN or infinite values (as {dtype})"
+            f"{name}: expected finite values, but samples {bad[:10].tolist()} contain NaN or infinite "
+            f"values (as {dtype})"
         )
     return tensor
 
@@ -86,7 +104,7 @@ def check_labels(
     if tensor.dim() != 1:
         raise DripInputError(f"{name}: expected a 1-D tensor of labels, got shape {tuple(tensor.shape)}")
     if tensor.numel() != count:
-        raise DripInputError(f"{name}: got {tensor.numel()} labels for {count} samples")
+        raise DripInputError(f"{name}: got {tensor.numel()} labels for {count} samples, expected one each")
     tensor = tensor.to(device=device, dtype=torch.int64)
     if count:
         low, high = int(tensor.min()), int(tensor.max())

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # spinning OpenMP pool next to any other busy process slowed torch 35-230x.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test lint format bench bench-scorer venv clean synth-speech
+.PHONY: demo test lint format bench bench-scorer bench-mnist venv clean synth-speech
 
 venv: $(STAMP)
 
@@ -38,6 +38,10 @@ bench: bench-scorer
 bench-scorer: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
 	$(BIN)/python benchmarks/scorer.py
+
+# The MNIST experiments of the README (hours on 2 cores).
+bench-mnist: $(STAMP)
+	bash benchmarks/mnist.sh
 
 # A synthetic Speech Commands corpus (espeak-ng from Debian, installed for this target only).
 synth-speech: $(STAMP)

@@ -3,7 +3,9 @@
 Two paths give the same maps:
 
 * **closed form**, when the layer is followed only by global average pooling and a linear layer:
-  then dz_c/dA_k = W[c, k] / |S| at every position, so no backward pass is needed at all;
+  then dz_c/dA_k = W[c, k] / |S| at every position, so no backward pass is needed at all, and the
+  forward runs under ``torch.inference_mode`` like plain inference (the maps and logits handed back
+  are ordinary tensors);
 * **autograd**, for any other head: the forward runs without recording a graph up to the layer,
   the layer's output becomes a leaf, and ``torch.autograd.grad`` differentiates the selected logits
   with respect to that leaf only (no parameter gradients, no backward through the trunk).
@@ -26,6 +28,7 @@ import torch
 from torch import nn
 
 from .errors import DripInputError, DripModelError
+from .validation import int_range
 
 CamMethod = Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]
 CamPath = Literal["auto", "closed_form", "autograd"]
@@ -108,6 +111,24 @@ def _one_call_hook(layer: nn.Module, hook: Callable) -> Iterator[None]:
         handle.remove()
 
 
+def _weighted_sum(weights: torch.Tensor, activations: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """ReLU(scale * sum_k weights[b, k] * A[b, k]) for ``weights: (B, K)``, ``activations: (B, K, *S)``.
+
+    ``scale`` must be positive (it commutes with the ReLU).
+    """
+    batch, channels = activations.shape[:2]
+    flat = activations.reshape(batch, channels, math.prod(activations.shape[2:]))
+    # At batch 1 every op costs microseconds, a no-op .to() included: only cast when needed.
+    if weights.dtype != flat.dtype:
+        weights = weights.to(flat.dtype)
+    # One batched matrix product: the cheapest of bmm, einsum and broadcast-multiply-sum measured
+    # at batch 1 and 64; the ReLU and the scale then work in the product's own fresh buffer.
+    cam = torch.bmm(weights.reshape(batch, 1, channels), flat).relu_()
+    if scale != 1.0:
+        cam.mul_(scale)
+    return cam.reshape(batch, *activations.shape[2:])
+
+
 def _combine(method: str, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     """ReLU(sum_k weight_k * A_k) for ``method``; ``gradients`` broadcast against (B, K, *S)."""
     spatial = tuple(range(2, activations.dim()))
@@ -118,8 +139,8 @@ def _combine(method: str, activations: torch.Tensor, gradients: torch.Tensor) ->
         return torch.relu(cam)
     if method == "gradcam":
         weights = gradients.mean(spatial) if spatial else gradients
-        weights = weights.reshape(batch, channels)
-    elif method == "xgradcam":
+        return _weighted_sum(weights.reshape(batch, channels), activations)
+    if method == "xgradcam":
         total = activations.sum(spatial, keepdim=True)
         safe = torch.where(total == 0, torch.ones_like(total), total)
         weights = (activations * gradients / safe).sum(spatial) if spatial else gradients
@@ -132,9 +153,7 @@ def _combine(method: str, activations: torch.Tensor, gradients: torch.Tensor) ->
         weights = (alpha * grads.clamp(min=0)).sum(spatial) if spatial else alpha * grads.clamp(min=0)
     else:
         raise DripInputError(f"method: expected one of {CAM_METHODS}, got {method!r}")
-    flat = activations.reshape(batch, channels, math.prod(activations.shape[2:]))
-    cam = torch.bmm(weights.reshape(batch, 1, channels).to(flat.dtype), flat)
-    return torch.relu(cam.reshape(batch, *activations.shape[2:]))
+    return _weighted_sum(weights.reshape(batch, channels), activations)
 
 
 class LayerGradCam:
@@ -232,26 +251,35 @@ class LayerGradCam:
             return logits.detach().argmax(1)
         if classes.shape != (logits.shape[0],):
             raise DripInputError(f"classes: expected shape ({logits.shape[0]},), got {tuple(classes.shape)}")
-        classes = classes.to(device=logits.device, dtype=torch.int64)
-        if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= logits.shape[1]):
-            raise DripInputError(
-                f"classes: expected values in [0, {logits.shape[1]}), got "
-                f"[{int(classes.min())}, {int(classes.max())}]"
-            )
+        if classes.dtype != torch.int64 or classes.device != logits.device:
+            classes = classes.to(device=logits.device, dtype=torch.int64)
+        if classes.numel():
+            low, high = int_range(classes)
+            if low < 0 or high >= logits.shape[1]:
+                raise DripInputError(
+                    f"classes: expected values in [0, {logits.shape[1]}), got [{low}, {high}]"
+                )
         return classes
 
     def _closed_form(self, x: torch.Tensor, classes: torch.Tensor | None) -> CamResult:
         assert self.head is not None
-        with torch.no_grad():
+        # Inference mode, not no_grad: nothing here needs autograd, and it is what plain inference
+        # runs under (1-3% faster than no_grad at batch 1, measured).
+        with torch.inference_mode():
             activations, logits = self._forward_capturing(x, replace=False)
             if not self._head_verified:
                 self._verify_head(activations, logits)
             classes = self._classes(classes, logits)
-            positions = math.prod(activations.shape[2:])
-            weights = self.head.weight[classes] / positions
+            weights = self.head.weight.index_select(0, classes)
+        positions = math.prod(activations.shape[2:])
+        # Outside inference mode, so the maps (and the logits' copy) are ordinary tensors that
+        # callers may change in place or use with autograd.
+        if self.method == "gradcam":
+            maps = _weighted_sum(weights, activations, scale=1.0 / positions)
+        else:
             shape = (*activations.shape[:2], *([1] * (activations.dim() - 2)))
-            maps = _combine(self.method, activations, weights.reshape(shape))
-        return CamResult(maps=maps, logits=logits)
+            maps = _combine(self.method, activations, weights.reshape(shape) / positions)
+        return CamResult(maps=maps, logits=logits.clone())
 
     def _verify_head(self, activations: torch.Tensor, logits: torch.Tensor) -> None:
         """Check once that logits == GAP(A) @ W.T + b, the premise of the closed form."""
@@ -277,8 +305,10 @@ class LayerGradCam:
 
     def _autograd(self, x: torch.Tensor, classes: torch.Tensor | None) -> CamResult:
         was_enabled = torch.is_grad_enabled()
+        # Entering a mode context costs microseconds per call: leave inference mode only if in it.
+        inference = torch.is_inference_mode_enabled()
         try:
-            with torch.inference_mode(False):
+            with torch.inference_mode(False) if inference else contextlib.nullcontext():
                 torch.set_grad_enabled(False)
                 activations, logits = self._forward_capturing(x, replace=True)
                 classes = self._classes(classes, logits)
@@ -286,12 +316,14 @@ class LayerGradCam:
                     raise DripModelError(
                         f"model: the logits do not depend differentiably on layer {self.layer_name!r}"
                     )
+                # A scalar, not logits with a one-hot grad_outputs: torch checks grad_outputs with
+                # its symbolic-shapes module, whose first use imports sympy (+37 MiB RSS, ~1 s).
                 selected = logits.gather(1, classes[:, None]).sum()
                 (gradients,) = torch.autograd.grad(selected, activations, allow_unused=True)
         finally:
             torch.set_grad_enabled(was_enabled)
         if gradients is None:
             raise DripModelError(f"model: the logits do not depend on layer {self.layer_name!r}'s output")
-        with torch.no_grad():
-            maps = _combine(self.method, activations.detach(), gradients)
+        # Neither input carries a graph, so nothing below is recorded.
+        maps = _combine(self.method, activations.detach(), gradients)
         return CamResult(maps=maps, logits=logits.detach())

@@ -3,11 +3,12 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 # One thread, and OpenMP threads that sleep instead of spinning: on a shared 2-core machine a
 # spinning OpenMP pool next to any other busy process slowed torch 35-230x.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test lint format bench venv clean
+.PHONY: demo test lint format bench bench-scorer venv clean
 
 venv: $(STAMP)
 
@@ -33,6 +34,14 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# captum is the benchmark's external reference only; the constraints keep torch at its pin.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench-scorer: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/scorer.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache .hypothesis

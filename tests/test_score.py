@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import gap_model, mlp_head_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import gap_model, mlp_head_model
 from drip.errors import DripInputError, DripModelError
 from drip.models import digits_cnn
 from drip.score import STATISTICS, DripScorer, score_in_batches
+from drip.validation import check_inputs, check_labels
 
 
 def test_mean_score_is_scaled_logit_plus_what_relu_cut():
@@ -149,3 +153,95 @@ def test_scores_are_finite_and_nonnegative_for_any_finite_input(values, label, s
     score = scorer(x, [label])
     assert score.shape == (1,)
     assert torch.isfinite(score).all() and (score >= 0).all()
+
+
+def live_tensors(shape: tuple[int, ...] | None = None) -> int:
+    """Tensors alive in the process (of ``shape``, if given), after a full collection."""
+    gc.collect()
+    tensors = [o for o in gc.get_objects() if issubclass(type(o), torch.Tensor)]
+    return sum(shape is None or t.shape == shape for t in tensors)
+
+
+@pytest.mark.parametrize(
+    ("factory", "layer", "activation_shape"),
+    [(gap_model, "3", (7, 6, 5, 5)), (mlp_head_model, "4", (7, 8, 4, 4))],
+)
+def test_repeated_calls_keep_no_activations_or_graphs(factory, layer, activation_shape):
+    # A scorer runs on every sample of a stream: memory must not grow with calls, and nothing of a
+    # call (the layer's activations, their gradients, the graph) may outlive it.
+    model = factory()
+    scorer = DripScorer(model, layer)
+    x = torch.randn(7, *((2, 5, 5) if factory is gap_model else (1, 8, 8)))
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2])
+    batch = scorer.score_batch(x, y)
+    assert all(t.grad_fn is None and not t.requires_grad for t in (batch.maps, batch.logits, batch.scores))
+    del batch
+    assert live_tensors(activation_shape) == 0
+    before = live_tensors()
+    for _ in range(20):
+        scorer(x, y)
+        scorer.heatmaps(x, y)
+    assert live_tensors() <= before
+
+
+def test_closed_form_hands_back_ordinary_tensors():
+    # The closed form runs under inference mode; what it returns must still be usable as any tensor.
+    model = digits_cnn().eval()
+    batch = DripScorer(model).score_batch(torch.rand(3, 1, 8, 8), [0, 1, 2])
+    for tensor in (batch.maps, batch.logits, batch.scores):
+        assert not tensor.is_inference()
+        tensor.mul_(2)  # in place: refused for inference tensors outside inference mode
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_inputs_follow_the_model_when_it_changes_dtype(overwrite):
+    model = digits_cnn().eval()
+    scorer = DripScorer(model)
+    previous = torch.__future__.get_overwrite_module_params_on_conversion()
+    torch.__future__.set_overwrite_module_params_on_conversion(overwrite)  # new Parameter objects
+    try:
+        model.double()
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(previous)
+    batch = scorer.score_batch(torch.rand(2, 1, 8, 8), [3, 4])
+    assert batch.x.dtype == batch.maps.dtype == torch.float64
+
+
+def test_finite_inputs_whose_sum_overflows_are_accepted():
+    # Finiteness is checked on the sum first; an overflowing sum of finite values must not be
+    # mistaken for a NaN or an infinity.
+    huge = torch.full((3, 4), 3e38)
+    assert check_inputs(huge) is huge
+    huge[1, 2] = float("inf")
+    with pytest.raises(DripInputError, match=r"samples \[1\] contain NaN or infinite"):
+        check_inputs(huge)
+    with pytest.raises(DripInputError, match=r"samples \[0\] contain NaN or infinite"):
+        check_inputs(torch.tensor([[float("inf"), float("-inf")]]))  # sum NaN, not inf
+
+
+@pytest.mark.parametrize("count", [1, 32, 33, 300])
+def test_label_range_is_checked_at_every_batch_size(count):
+    # Small batches are range-checked in Python, large ones with one reduction.
+    labels = torch.arange(count) % 10
+    assert torch.equal(check_labels(labels, count=count, num_classes=10), labels)
+    for bad, message in ((10, "label 10 is out of range"), (-1, "label -1 is out of range")):
+        wrong = labels.clone()
+        wrong[count // 2] = bad
+        with pytest.raises(DripInputError, match=message):
+            check_labels(wrong, count=count, num_classes=10)
+
+
+def test_scoring_imports_nothing_heavy():
+    # Scoring runs on small devices. Handing autograd.grad a grad_outputs tensor made torch import
+    # its symbolic-shapes module, and with it sympy (+37 MiB RSS, ~1 s), on the first scored batch.
+    code = (
+        "import sys, torch\n"
+        "from drip import DripScorer\n"
+        "from drip.models import MODELS\n"
+        "for name in ('lenet', 'digits_cnn'):\n"
+        "    model = MODELS[name]().eval()\n"
+        "    DripScorer(model)(torch.rand(2, *model.input_shape), [0, 1])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'sympy')[:3])\n"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "[]"

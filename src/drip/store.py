@@ -121,18 +121,28 @@ class _Encoded:
     source: str | None
 
 
-def _encode(x: Any, label: Any, score: Any, source: Any, where: str) -> _Encoded:
-    tensor = as_tensor(x, f"{where}x")
+def _storable_dtype(tensor: torch.Tensor, where: str) -> str:
     dtype = str(tensor.dtype).removeprefix("torch.")
     if _STORABLE.get(dtype) != tensor.dtype:
         raise DripInputError(
             f"{where}x: expected a tensor of one of {sorted(_STORABLE)}, got dtype {tensor.dtype}, "
             "which cannot be stored"
         )
+    return dtype
+
+
+def _check_source(source: Any, where: str) -> str | None:
     if source is not None and not isinstance(source, str):
         raise DripInputError(f"{where}source: expected a string or None, got {type(source).__name__}")
     if source is not None and not _is_utf8(source):
         raise DripInputError(f"{where}source: expected text that UTF-8 can encode, got {source!r}")
+    return source
+
+
+def _encode(x: Any, label: Any, score: Any, source: Any, where: str) -> _Encoded:
+    tensor = as_tensor(x, f"{where}x")
+    dtype = _storable_dtype(tensor, where)
+    source = _check_source(source, where)
     data = tensor.detach().cpu().contiguous().reshape(-1)
     return _Encoded(
         label=_check_label(label, where),
@@ -142,6 +152,29 @@ def _encode(x: Any, label: Any, score: Any, source: Any, where: str) -> _Encoded
         data=data.view(torch.uint8).numpy().tobytes() if data.numel() else b"",
         source=source,
     )
+
+
+def _encode_batch(xs: torch.Tensor, labels: list, scores: list, sources: list) -> list[_Encoded]:
+    """``_encode`` of every row of a batch tensor, with one copy and one shape for all rows."""
+    dtype = _storable_dtype(xs, "")
+    data = xs.detach().cpu().contiguous()
+    blob = data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b""
+    size = len(blob) // len(data)
+    shape = json.dumps(list(data.shape[1:]))
+    rows = []
+    for i, (label, score, source) in enumerate(zip(labels, scores, sources)):
+        where = f"sample {i}: " if len(data) > 1 else ""
+        rows.append(
+            _Encoded(
+                label=_check_label(label, where),
+                score=_check_score(score, where),
+                shape=shape,
+                dtype=dtype,
+                data=blob[i * size : (i + 1) * size],
+                source=_check_source(source, where),
+            )
+        )
+    return rows
 
 
 def _scalar(value: Any) -> Any:
@@ -364,8 +397,10 @@ class SampleStore:
         value)`` is written in the same transaction (read it back with ``checkpoint(name)``): a
         stream reader records how far it got, atomically with what it stored.
         """
-        xs_list = _as_list(xs, "xs")
-        count = len(xs_list)
+        batch_tensor = isinstance(xs, torch.Tensor) and xs.dim() > 0
+        fast = batch_tensor and xs.layout == torch.strided and not xs.is_quantized
+        xs_list = None if fast else _as_list(xs, "xs")
+        count = len(xs) if fast else len(xs_list)
         labels_list = _as_list(labels, "labels")
         scores_list = [None] * count if scores is None else _as_list(scores, "scores")
         sources_list = [None] * count if sources is None else _as_list(sources, "sources")
@@ -380,10 +415,15 @@ class SampleStore:
             and all(isinstance(part, str) and _is_utf8(part) for part in checkpoint)
         ):
             raise DripInputError(f"checkpoint: expected a (name, value) pair of strings, got {checkpoint!r}")
-        rows = [
-            _encode(x, lab, sc, src, f"sample {i}: " if count > 1 else "")
-            for i, (x, lab, sc, src) in enumerate(zip(xs_list, labels_list, scores_list, sources_list))
-        ]
+        if fast and count:
+            rows = _encode_batch(xs, labels_list, scores_list, sources_list)
+        else:
+            rows = [
+                _encode(x, lab, sc, src, f"sample {i}: " if count > 1 else "")
+                for i, (x, lab, sc, src) in enumerate(
+                    zip(xs_list or [], labels_list, scores_list, sources_list)
+                )
+            ]
         evicted: set[int] = set()
         with self._transaction():
             ids = [self._insert(row, evicted) for row in rows]
@@ -444,6 +484,8 @@ class SampleStore:
         return int(cursor.lastrowid)
 
     def _fits(self, nbytes: int) -> bool:
+        if self.capacity_count is None and self.capacity_bytes is None:
+            return True
         count, used = self._totals()
         if self.capacity_count is not None and count + 1 > self.capacity_count:
             return False

@@ -478,7 +478,7 @@ def _run_filter(args: argparse.Namespace) -> int:
 
 
 def _run_experiment(args: argparse.Namespace) -> int:
-    from .data import load_dataset
+    from .data import data_root, load_dataset
     from .experiment import ExperimentConfig, run_experiment
     from .report import markdown, write_report
 
@@ -503,7 +503,12 @@ def _run_experiment(args: argparse.Namespace) -> int:
         name += f"-{config.budget}"
     out = args.out or Path("runs") / name
     splits = load_dataset(args.dataset, args.data_dir)
-    results = run_experiment(config, splits.train, out, test=splits.test, progress=not args.quiet)
+    source = str(args.data_dir or data_root() / args.dataset) if args.dataset != "digits" else "scikit-learn"
+    if (Path(source) / "README.txt").is_file():  # a synthetic corpus says so in its README.txt
+        source += f" ({(Path(source) / 'README.txt').read_text().strip().rstrip('.')})"
+    results = run_experiment(
+        config, splits.train, out, test=splits.test, progress=not args.quiet, source=source
+    )
     summary = write_report(results, out)
     print(markdown(summary))
     print(f"wrote {out}/: results.json, summary.json, summary.md and plots ({results['elapsed_s']:.0f} s)")

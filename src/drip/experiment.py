@@ -399,8 +399,12 @@ def run_experiment(
     out: Path,
     test: LabelledData | None = None,
     progress: bool = True,
+    source: str | None = None,
 ) -> dict[str, Any]:
-    """All seeds of the protocol; writes and returns ``results.json``'s content."""
+    """All seeds of the protocol; writes and returns ``results.json``'s content.
+
+    ``source`` says where the data came from (e.g. the folder), for the reader of the report.
+    """
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     seeds = [
@@ -412,6 +416,7 @@ def run_experiment(
         "version": 1,
         "config": asdict(config),
         "dataset": config.dataset,
+        "data_source": source,
         "num_classes": pool.num_classes,
         "class_names": list(pool.class_names),
         "input_shape": list(pool.input_shape),

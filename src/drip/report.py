@@ -73,6 +73,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     config = results["config"]
     summary = {
         "dataset": results["dataset"],
+        "data_source": results.get("data_source"),
         "seeds": [s["seed"] for s in seeds],
         "budget": results.get("budget", "steps"),
         "steps": config["steps"],
@@ -153,6 +154,8 @@ def markdown(summary: dict[str, Any]) -> str:
     if noisy:
         header += " dropped that were corrupted (%) | corrupted dropped (%) | noisy labels fit (%) |"
         rule += "---|---|---|"
+    if summary.get("data_source"):
+        setup += f". Data: {summary['data_source']}"
     lines = [f"# drip: {summary['dataset']}", "", setup + ".", "", header, rule]
     for arm, values in summary["arms"].items():
         accuracy = values["accuracy"]
@@ -228,6 +231,11 @@ def plot_scores(results: dict[str, Any], path: Path, seed_index: int = 0) -> Non
     plt.close(fig)
 
 
+def _is_spectrogram(image: np.ndarray) -> bool:
+    """A grey input much taller than wide: audio features, frames by coefficients (49 x 10 MFCC)."""
+    return image.ndim == 2 and image.shape[0] > 2 * image.shape[1]
+
+
 def plot_gallery(results: dict[str, Any], path: Path, seed_index: int = 0) -> None:
     """Kept and dropped stream samples with their Grad-CAM maps overlaid (upsampled for display)."""
     seed = results["seeds"][seed_index]
@@ -251,9 +259,16 @@ def plot_gallery(results: dict[str, Any], path: Path, seed_index: int = 0) -> No
                 heat = torch.nn.functional.interpolate(
                     heat[None, None], size=image.shape[:2], mode="bilinear", align_corners=False
                 )[0, 0]
+            heat = heat.numpy()
+            if _is_spectrogram(image):
+                # (frames, coefficients): time left to right, each coefficient scaled on its own
+                # (the first, the energy, would otherwise swamp the rest).
+                image, heat = image.T, heat.T
+                spread = image.std(axis=1, keepdims=True)
+                image = (image - image.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1)
             extent = (-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5)
-            ax.imshow(image, cmap="gray", extent=extent)
-            ax.imshow(heat.numpy(), cmap="inferno", alpha=0.5, vmin=0, vmax=peak, extent=extent)
+            ax.imshow(image, cmap="gray", extent=extent, aspect="auto")
+            ax.imshow(heat, cmap="inferno", alpha=0.5, vmin=0, vmax=peak, extent=extent, aspect="auto")
             ax.set_title(f"y={results['class_names'][item['label']]}\ns={item['score']:.3f}", fontsize=7)
         axes[r][0].text(
             -0.3,
@@ -267,7 +282,12 @@ def plot_gallery(results: dict[str, Any], path: Path, seed_index: int = 0) -> No
         )
     fig.suptitle(
         f"{results['dataset']}, seed {seed['seed']}: kept (top) and dropped (bottom), "
-        "ordered by DRIP score, with Grad-CAM of the label",
+        "ordered by DRIP score, with Grad-CAM of the label"
+        + (
+            " (MFCC: time left to right, coefficients top to bottom)"
+            if results["input_shape"][1:] == [49, 10]
+            else ""
+        ),
         fontsize=9,
     )
     fig.tight_layout()

@@ -4,15 +4,15 @@ is one line on stderr with exit code 2; malformed records are reported and skipp
 from __future__ import annotations
 
 import math
-import os
+import random
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from drip.cli import main
-from drip.errors import DripStoreError
+from drip.cli import _load_model, _load_tensors, main
+from drip.errors import DripInputError, DripStoreError
 from drip.filter import DripFilter
 from drip.models import digits_cnn
 from drip.score import DripScorer
@@ -99,11 +99,15 @@ def test_records_of_different_shapes_in_a_list_stream(files, capsys):
     assert "malformed sample 6: x[6]: expected a tensor" in out and "2 malformed samples" in out
 
 
+def _junk_bytes(seed: int) -> bytes:
+    return random.Random(seed).randbytes(300)
+
+
 @pytest.mark.parametrize(
     ("make", "flag", "match"),
     [
-        (lambda d: (d / "junk.pt").write_bytes(os.urandom(300)), "--stream", "cannot read a .pt file"),
-        (lambda d: (d / "junk.pt").write_bytes(os.urandom(300)), "--model", "cannot"),
+        (lambda d: (d / "junk.pt").write_bytes(_junk_bytes(7)), "--stream", "cannot read a .pt file"),
+        (lambda d: (d / "junk.pt").write_bytes(_junk_bytes(7)), "--model", "cannot"),
         (lambda d: torch.save({"x": 3, "y": [1]}, d / "junk.pt"), "--stream", "'x': expected a tensor"),
         (
             lambda d: (d / "junk.pt").write_text(
@@ -121,6 +125,18 @@ def test_damaged_files_are_one_line_errors(files, capsys, make, flag, match):
     argv[flag] = "junk.pt"
     code = main(["filter", *(a for k, v in argv.items() for a in (k, str(files / v))), "--quiet"])
     assert code == 2 and match in one_line_error(capsys)
+
+
+def test_any_damaged_pt_bytes_are_a_clear_error(tmp_path):
+    # Unpickling random bytes raised IndexError, KeyError, UnicodeDecodeError, OverflowError...
+    # depending on the bytes; os.urandom made the test above flaky before _load_* caught them all.
+    junk = tmp_path / "junk.pt"
+    for seed in range(300):
+        junk.write_bytes(_junk_bytes(seed))
+        with pytest.raises(DripInputError, match=r"cannot read a \.pt file"):
+            _load_tensors(junk)
+        with pytest.raises(DripInputError, match="cannot load a model"):
+            _load_model(junk)
 
 
 def test_bad_batch_size_is_a_one_line_error(files, capsys):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import pickle
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -241,7 +240,9 @@ def _load_tensors(path: Path):
 
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+    # Unpickling damaged bytes raises whatever the opcode it trips on raises (IndexError,
+    # KeyError, UnicodeDecodeError, ...), so only "any Exception" names them all.
+    except Exception as err:
         raise DripInputError(f"{path}: cannot read a .pt file: {err}") from None
     if not isinstance(data, dict) or not {"x", "y"} <= set(data):
         raise DripInputError(f"{path}: expected a dict with tensors 'x' and 'y'")
@@ -254,15 +255,7 @@ def _load_model(path: Path):
 
     try:
         model = torch.load(path, map_location="cpu", weights_only=False)
-    except (
-        OSError,
-        RuntimeError,
-        EOFError,
-        ValueError,
-        AttributeError,
-        ModuleNotFoundError,
-        pickle.UnpicklingError,
-    ) as err:
+    except Exception as err:  # as in _load_tensors: damaged pickles raise anything
         raise DripInputError(f"{path}: cannot load a model: {err}") from None
     if not isinstance(model, nn.Module):
         raise DripInputError(f"{path}: expected a torch.save'd nn.Module, got {type(model).__name__}")

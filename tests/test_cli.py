@@ -168,13 +168,17 @@ def test_errors_are_one_line_and_exit_code_2(user_files, capsys):
     assert code == 2 and "expected a torch.save'd nn.Module" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["calibrate"], ["filter"]])
+@pytest.mark.parametrize(
+    "command",
+    [[], ["demo"], ["calibrate"], ["filter"], ["experiment"], ["report"], ["data"], ["data", "fetch"]],
+)
 def test_every_help_explains_itself(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "usage: drip" in text and len(text) > 300
+    assert "%%" not in text  # argparse only %-formats descriptions that name %(prog)
 
 
 def test_console_entry_point_runs():

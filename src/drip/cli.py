@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment = commands.add_parser(
         "experiment",
         help="the evaluation protocol on a data set: DRIP against FULL and equal-storage controls",
-        description="Per seed: D0 (20%%) and stream S from the training data, Training Phase on D0, S "
+        description="Per seed: D0 (20%) and stream S from the training data, Training Phase on D0, S "
         "through the filter into a store, then every arm retrained with the same optimiser-step "
         "budget: FULL, DRIP, RANDOM / class-balanced reservoir / loss / margin / entropy / EL2N at "
         "DRIP's kept count, the loss band and drip-rank, and DRIP's band sweep against RANDOM of the "

@@ -74,7 +74,7 @@ class Case:
 
     @property
     def head(self) -> str:
-        return "GAP+linear" if self.scorer.cam.closed_form else "autograd"
+        return {"closed_form": "GAP+linear", "piecewise": "piecewise"}.get(self.scorer.cam.path, "autograd")
 
 
 def build_case(name: str, batch: int) -> Case:

@@ -78,14 +78,100 @@ def reference_gradcam(model: nn.Sequential, layer_index: int, x, y):
     return torch.relu((alpha * activations).sum(1)).detach()
 
 
-def test_autograd_path_equals_independent_reference_for_mlp_head():
+@pytest.mark.parametrize("path", ["piecewise", "autograd"])
+def test_mlp_head_paths_equal_independent_reference(path):
     model = mlp_head_model()
     x = torch.randn(32, 1, 8, 8)
     y = torch.randint(0, 5, (32,))
-    cam = LayerGradCam(model, "4")
-    assert not cam.closed_form
+    cam = LayerGradCam(model, "4", path=path)
+    assert cam.path == path and not cam.closed_form
     expected = reference_gradcam(model, 4, x, y)
     assert relative_error(cam(x, y).maps, expected) < 1e-5
+
+
+def piecewise_heads() -> dict[str, nn.Sequential]:
+    """Heads the piecewise path runs by hand, behind a conv + ReLU layer at index 1."""
+    trunk = (nn.Conv2d(2, 4, 3, padding=1), nn.ReLU())
+    trunk_1d = (nn.Conv1d(2, 4, 3, padding=1), nn.ReLU())
+    return {
+        "lenet-like": nn.Sequential(
+            *trunk,
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(36, 12),
+            nn.ReLU(),
+            nn.Dropout(),
+            nn.Linear(12, 5),
+        ),
+        "overlapping padded pool": nn.Sequential(
+            *trunk,
+            nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+            nn.Identity(),
+            nn.Flatten(),
+            nn.Linear(64, 5),
+        ),
+        "pool after a ReLU": nn.Sequential(
+            *trunk, nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(36, 5)
+        ),
+        "GAP + MLP": nn.Sequential(
+            *trunk, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 5)
+        ),
+        "1-D": nn.Sequential(
+            *trunk_1d, nn.MaxPool1d(2), nn.Flatten(), nn.Linear(12, 7), nn.ReLU(), nn.Linear(7, 5)
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(piecewise_heads()))
+@pytest.mark.parametrize("method", CAM_METHODS)
+def test_piecewise_equals_autograd(name, method):
+    torch.manual_seed(0)
+    model = piecewise_heads()[name].eval()
+    x = torch.randn(16, 2, *((6,) if name == "1-D" else (6, 6)))
+    y = torch.randint(0, 5, (16,))
+    piecewise = LayerGradCam(model, "1", method=method)
+    assert piecewise.path == "piecewise"
+    auto = LayerGradCam(model, "1", path="autograd", method=method)
+    got, expected = piecewise(x, y), auto(x, y)
+    assert relative_error(got.maps, expected.maps) < 1e-5
+    assert torch.allclose(got.logits, expected.logits) and torch.allclose(got.logits, model(x))
+    single = piecewise(x[3:4], y[3:4]).maps
+    assert torch.allclose(single[0], got.maps[3], rtol=1e-5, atol=1e-6)
+
+
+class ScaledLinear(nn.Linear):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        [nn.Flatten(), nn.Linear(144, 5), nn.Softmax(1)],
+        [nn.Flatten(), nn.Linear(144, 8), nn.LeakyReLU(), nn.Linear(8, 5)],
+        [nn.Flatten(), ScaledLinear(144, 5)],
+        [nn.MaxPool2d(2, return_indices=True), nn.Flatten(), nn.Linear(36, 5)],
+    ],
+    ids=["softmax", "leaky", "subclass", "pool-indices"],
+)
+def test_heads_not_piecewise_linear_take_autograd(tail):
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), *tail).eval()
+    assert LayerGradCam(model, "1").path == "autograd"
+    with pytest.raises(DripModelError, match="path='piecewise' needs"):
+        LayerGradCam(model, "1", path="piecewise")
+
+
+def test_piecewise_path_honours_hooks_added_on_the_head_later():
+    model = mlp_head_model()
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    cam = LayerGradCam(model, "4")
+    plain = cam(x, y).maps
+    handle = model[6].register_forward_hook(lambda module, inputs, output: 3 * output)
+    try:
+        assert torch.allclose(cam(x, y).maps, 3 * plain, rtol=1e-5, atol=1e-7)
+    finally:
+        handle.remove()
+    assert torch.equal(cam(x, y).maps, plain)
 
 
 @pytest.mark.parametrize("factory", [lambda: gap_model(), mlp_head_model])
@@ -151,6 +237,18 @@ def test_hooks_removed_and_grad_mode_restored_after_exception(path):
         cam(torch.randn(2, 2, 3, 3), torch.tensor([0, 1]))
     assert hook_count(model) == 0
     assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_piecewise_path_has_no_side_effects_on_model(training):
+    model = mlp_head_model().train(training)
+    model[0].weight.requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    cam = LayerGradCam(model, "4", path="piecewise")
+    result = cam(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
+    assert not result.maps.is_inference() and not result.logits.is_inference()
+    assert model.training is training and [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters()) and torch.is_grad_enabled()
 
 
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])

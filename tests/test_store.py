@@ -58,6 +58,29 @@ def test_same_source_is_stored_once(tmp_path):
         assert first == again and len(store) == 1
 
 
+def test_batch_ids_are_the_rows_ids_and_never_reused(tmp_path):
+    # Without capacity a batch is inserted in one statement with ids given by hand: they must be
+    # the ids the rows get, duplicates (stored or within the batch) must map to the first row, and
+    # an id once handed out must never come back, also after the newest row was evicted.
+    path = tmp_path / "s.sqlite"
+    with SampleStore(path, capacity_count=2, when_full="evict") as store:
+        store.add_batch(torch.zeros(2, 3), [0, 0], [0.1, 0.2])
+        store.add(torch.zeros(3), 0, 0.9)  # refused: it would be the one evicted
+        newest = store.add(torch.ones(3), 1, 0.5)  # evicts id 2, the highest score of class 0
+        assert newest == 3 and [row.id for row in store] == [1, 3]
+    with SampleStore(path) as store:
+        store._conn.execute("DELETE FROM samples WHERE id = 3")  # the newest row gone as well
+        xs = torch.arange(12.0).reshape(4, 3)
+        ids = store.add_batch(xs, [2, 3, 2, 4], [0.3, 0.4, 0.3, 0.6], ["a", "b", "a", None])
+        assert ids == [4, 5, 4, 6]
+        rows = {row.id: row for row in store}
+        assert sorted(rows) == [1, 4, 5, 6]
+        for row_id, index in ((4, 0), (5, 1), (6, 3)):  # xs[2] repeats source "a": not stored
+            assert torch.equal(rows[row_id].x, xs[index]) and rows[row_id].label == [2, 3, 2, 4][index]
+        assert store.add_batch(xs[:2], [7, 7], None, ["b", "c"]) == [5, 7]
+        assert store.class_counts() == {0: 1, 2: 1, 3: 1, 4: 1, 7: 1}
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [

@@ -6,6 +6,13 @@ Two paths give the same maps:
   then dz_c/dA_k = W[c, k] / |S| at every position, so no backward pass is needed at all, and the
   forward runs under ``torch.inference_mode`` like plain inference (the maps and logits handed back
   are ordinary tensors);
+* **piecewise linear**, when the layer is a child of a plain ``nn.Sequential`` followed only by
+  ``Linear``, ``ReLU``, max pooling, global average pooling, ``Flatten`` and pass-through layers
+  (LeNet's head): such a head is linear between its kinks, so the gradient of a logit is a product
+  of the weight matrices masked by where each ReLU was active and routed through each pool's
+  argmax. The head is run by hand keeping those masks and indices, and the product applied with a
+  few matrix products under ``torch.inference_mode``: no graph, no autograd engine, which cost a
+  small model more than its whole forward at batch 1;
 * **autograd**, for any other head: the forward runs without recording a graph up to the layer,
   the layer's output becomes a leaf, and ``torch.autograd.grad`` differentiates the selected logits
   with respect to that leaf only (no parameter gradients, no backward through the trunk).
@@ -33,7 +40,7 @@ from .errors import DripInputError, DripModelError
 from .validation import int_range
 
 CamMethod = Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]
-CamPath = Literal["auto", "closed_form", "autograd"]
+CamPath = Literal["auto", "closed_form", "piecewise", "autograd"]
 CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
 
 # Dropout counts as pass-through: scoring is meant for eval mode (the scorer warns otherwise).
@@ -104,6 +111,28 @@ def find_gap_linear_head(model: nn.Module, layer: nn.Module) -> nn.Linear | None
     return None
 
 
+_MAX_POOLS = {nn.MaxPool1d: nn.functional.max_pool1d, nn.MaxPool2d: nn.functional.max_pool2d}
+# Exact types: a subclass may override forward, and the head is run by hand.
+_PIECEWISE_LINEAR = (nn.Linear, nn.ReLU, nn.Flatten, nn.Identity, nn.Dropout, *_MAX_POOLS)
+
+
+def find_piecewise_linear_head(model: nn.Module, layer: nn.Module) -> tuple[nn.Module, ...] | None:
+    """The children after ``layer`` if ``model`` is a plain Sequential with ``layer`` a child and
+    only piecewise-linear layers after it (Linear, ReLU, max or global average pooling, Flatten,
+    Identity, Dropout), ending in a Linear; else None."""
+    if not _is_plain_sequential_child(model, layer):
+        return None
+    children = list(model)
+    tail = tuple(children[children.index(layer) + 1 :])
+    if not tail or type(tail[-1]) is not nn.Linear:
+        return None
+    for module in tail:
+        pool_with_indices = type(module) in _MAX_POOLS and module.return_indices
+        if not (type(module) in _PIECEWISE_LINEAR or _is_global_pool(module)) or pool_with_indices:
+            return None
+    return tail
+
+
 def _is_plain_sequential_child(model: nn.Module, layer: nn.Module) -> bool:
     """Whether ``model`` is an ``nn.Sequential`` (not a subclass, whose forward may differ) with
     ``layer`` as a direct child and nowhere else."""
@@ -118,11 +147,11 @@ _OWN_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backw
 _GLOBAL_HOOKS = tuple(f"_global{name}" for name in _OWN_HOOKS)
 
 
-def _calls_hooks(module: nn.Module) -> bool:
-    """Whether calling ``module`` runs hooks: its own, or torch's global module hooks."""
+def _calls_hooks(*modules: nn.Module) -> bool:
+    """Whether calling any of ``modules`` runs hooks: their own, or torch's global module hooks."""
     registry = torch.nn.modules.module
-    return any(getattr(module, name) for name in _OWN_HOOKS) or any(
-        getattr(registry, name) for name in _GLOBAL_HOOKS
+    return any(getattr(registry, name) for name in _GLOBAL_HOOKS) or any(
+        getattr(module, name) for module in modules for name in _OWN_HOOKS
     )
 
 
@@ -206,13 +235,15 @@ class LayerGradCam:
     ) -> None:
         if method not in CAM_METHODS:
             raise DripInputError(f"method: expected one of {CAM_METHODS}, got {method!r}")
-        if path not in ("auto", "closed_form", "autograd"):
-            raise DripInputError(f"path: expected 'auto', 'closed_form' or 'autograd', got {path!r}")
+        if path not in ("auto", "closed_form", "piecewise", "autograd"):
+            raise DripInputError(
+                f"path: expected 'auto', 'closed_form', 'piecewise' or 'autograd', got {path!r}"
+            )
         self.model = model
         self.layer, self.layer_name = resolve_layer(model, layer)
         self.method = method
         linear = resolve_layer(model, head)[0] if head is not None else None
-        if linear is None and path != "autograd":
+        if linear is None and path in ("auto", "closed_form"):
             linear = find_gap_linear_head(model, self.layer)
         if linear is not None and not isinstance(linear, nn.Linear):
             raise DripModelError(f"head: expected an nn.Linear, got {type(linear).__name__}")
@@ -221,30 +252,54 @@ class LayerGradCam:
                 f"path='closed_form' needs layer {self.layer_name!r} to be followed only by global "
                 "average pooling and an nn.Linear; pass head= or use path='autograd'"
             )
-        self.head: nn.Linear | None = None if path == "autograd" else linear
+        self.head: nn.Linear | None = linear if path in ("auto", "closed_form") else None
         self._head_verified = False
         self._runs_children = _is_plain_sequential_child(model, self.layer)
+        self.piecewise_head = (
+            find_piecewise_linear_head(model, self.layer)
+            if self.head is None and path in ("auto", "piecewise")
+            else None
+        )
+        if path == "piecewise" and self.piecewise_head is None:
+            raise DripModelError(
+                f"path='piecewise' needs layer {self.layer_name!r} to be a child of a plain "
+                "nn.Sequential followed only by Linear, ReLU, max or global average pooling, "
+                "Flatten, Identity or Dropout layers, ending in a Linear; use path='autograd'"
+            )
+        if self.piecewise_head is not None:
+            children = list(model)
+            self._trunk = tuple(children[: children.index(self.layer) + 1])
+            # Grad-CAM needs only each channel's mean gradient at the layer, and routing a
+            # gradient through a max pool's argmax keeps each channel's sum: a pool right after
+            # the layer needs no indices and no scatter.
+            self._pool_sums = method == "gradcam" and type(self.piecewise_head[0]) in _MAX_POOLS
 
     @property
     def closed_form(self) -> bool:
         """Whether maps come from the closed form (no backward pass)."""
         return self.head is not None
 
+    @property
+    def path(self) -> str:
+        """The path maps come from: "closed_form", "piecewise" or "autograd"."""
+        if self.head is not None:
+            return "closed_form"
+        return "piecewise" if self.piecewise_head is not None else "autograd"
+
     def __call__(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> CamResult:
         """Maps for ``x: (B, ...)`` and ``classes: (B,)`` (None: each sample's predicted class)."""
         if self.head is not None:
             return self._closed_form(x, classes)
+        # Running the head by hand would skip hooks someone put on the model or the head since.
+        if self.piecewise_head is not None and not _calls_hooks(self.model, *self.piecewise_head):
+            return self._piecewise(x, classes)
         return self._autograd(x, classes)
 
     def _forward_capturing(self, x: torch.Tensor, replace: bool) -> tuple[torch.Tensor, torch.Tensor]:
         captured: list[torch.Tensor] = []
 
         def capture(output: object) -> torch.Tensor | None:
-            if not isinstance(output, torch.Tensor) or output.dim() < 2:
-                raise DripModelError(
-                    f"layer {self.layer_name!r} must output a tensor (B, K, ...), got "
-                    f"{type(output).__name__}{tuple(getattr(output, 'shape', ()))}"
-                )
+            self._check_layer_output(output)
             if captured:
                 raise DripModelError(
                     f"layer {self.layer_name!r} ran more than once in one forward pass; "
@@ -270,12 +325,23 @@ class LayerGradCam:
                 logits = self.model(x)
         if not captured:
             raise DripModelError(f"layer {self.layer_name!r} did not run in the model's forward")
+        self._check_logits(logits, x)
+        return captured[0], logits
+
+    def _check_layer_output(self, output: object) -> None:
+        if not isinstance(output, torch.Tensor) or output.dim() < 2:
+            raise DripModelError(
+                f"layer {self.layer_name!r} must output a tensor (B, K, ...), got "
+                f"{type(output).__name__}{tuple(getattr(output, 'shape', ()))}"
+            )
+
+    @staticmethod
+    def _check_logits(logits: object, x: torch.Tensor) -> None:
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             raise DripModelError(
                 f"model: expected logits of shape (B={x.shape[0]}, C), got "
                 f"{type(logits).__name__}{tuple(getattr(logits, 'shape', ()))}"
             )
-        return captured[0], logits
 
     def _run_children(self, x: torch.Tensor, capture: Callable[[object], torch.Tensor | None]) -> object:
         """``nn.Sequential.forward``, with ``capture`` applied to the layer's output on the way."""
@@ -344,6 +410,75 @@ class LayerGradCam:
                 "wrong; use path='autograd'"
             )
         self._head_verified = bool(logits.numel())
+
+    def _piecewise(self, x: torch.Tensor, classes: torch.Tensor | None) -> CamResult:
+        """The head run by hand, then its Jacobian's row for each class applied by hand."""
+        assert self.piecewise_head is not None
+        with torch.inference_mode():
+            activations = x
+            for child in self._trunk:
+                activations = child(activations)
+            self._check_layer_output(activations)
+            output = activations
+            # What each step's backward needs: a Linear's weight, a ReLU's mask of active units,
+            # a pool's argmax indices and input shape, a reshape's input shape.
+            steps: list[tuple[str, object]] = []
+            for position, module in enumerate(self.piecewise_head):
+                kind = type(module)
+                if position == 0 and self._pool_sums:
+                    steps.append(("pool_sums", None))
+                    output = module(output)
+                elif kind is nn.Linear:
+                    steps.append(("linear", module.weight))
+                    output = nn.functional.linear(output, module.weight, module.bias)
+                elif kind is nn.ReLU:
+                    output = output.relu()
+                    steps.append(("mask", output > 0))
+                elif kind in _MAX_POOLS:
+                    shape = output.shape
+                    output, indices = _MAX_POOLS[kind](
+                        output,
+                        module.kernel_size,
+                        module.stride,
+                        module.padding,
+                        module.dilation,
+                        ceil_mode=module.ceil_mode,
+                        return_indices=True,
+                    )
+                    steps.append(("unpool", (indices, shape)))
+                elif kind is nn.Flatten or _is_global_pool(module):
+                    steps.append(("spread" if _is_global_pool(module) else "reshape", output.shape))
+                    output = module(output)
+            self._check_logits(output, x)
+            logits = output
+            classes = self._classes(classes, logits)
+            # The last step is a Linear of a (B, features) input: its rows are the first gradient.
+            gradients = steps[-1][1].index_select(0, classes)
+            for kind, saved in reversed(steps[:-1]):
+                if kind == "pool_sums":
+                    weights = gradients.flatten(2).sum(2).div_(math.prod(activations.shape[2:]))
+                    break
+                if kind == "linear":
+                    gradients = gradients @ saved
+                elif kind == "mask":
+                    gradients = gradients * saved
+                elif kind == "reshape":
+                    gradients = gradients.reshape(saved)
+                elif kind == "spread":
+                    positions = math.prod(saved[2:])
+                    gradients = (gradients / positions).reshape(*saved[:2], *[1] * (len(saved) - 2))
+                    gradients = gradients.expand(saved)
+                else:
+                    indices, shape = saved
+                    flat = gradients.new_zeros(*shape[:2], math.prod(shape[2:]))
+                    flat.scatter_add_(2, indices.flatten(2), gradients.flatten(2))
+                    gradients = flat.reshape(shape)
+        # Outside inference mode (as in the closed form): the results are ordinary tensors.
+        if self._pool_sums:
+            maps = _weighted_sum(weights, activations)
+        else:
+            maps = _combine(self.method, activations, gradients)
+        return CamResult(maps=maps, logits=logits.clone())
 
     def _autograd(self, x: torch.Tensor, classes: torch.Tensor | None) -> CamResult:
         was_enabled = torch.is_grad_enabled()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drip.errors import DripInputError, DripStoreError
-from drip.store import SampleStore
+from drip.store import SampleStore, _encode, _encode_batch
 
 
 def snapshot(store: SampleStore) -> list[tuple]:
@@ -203,3 +204,25 @@ def test_read_only_handle_reads_and_refuses_writes(tmp_path):
     assert path.read_bytes() == before
     with pytest.raises(DripStoreError, match="cannot open"):
         SampleStore(tmp_path / "absent.sqlite", read_only=True)
+
+
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.one_of(st.integers(0, 2**63 - 1), st.just(np.int64(3)), st.just(torch.tensor(2))),
+            st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False), st.integers(-5, 5)),
+            st.one_of(st.none(), st.text(max_size=5)),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+@settings(max_examples=100, deadline=None)
+def test_batch_encoding_equals_encoding_each_row(rows):
+    # Plain ints, floats and ASCII ids skip the per-row checks; the rows must be the same.
+    labels, scores, sources = (list(column) for column in zip(*rows))
+    xs = torch.arange(len(rows) * 3, dtype=torch.float32).reshape(len(rows), 3)
+    expected = [_encode(x, *row, where="") for x, row in zip(xs, rows)]
+    got = _encode_batch(xs, labels, scores, sources)
+    assert got == expected
+    assert [[type(v) for v in row] for row in got] == [[type(v) for v in row] for row in expected]

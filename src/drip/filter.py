@@ -140,18 +140,20 @@ class DripFilter:
         position = self.thresholds.position(scores, labels)
         keep = (position == 0).tolist()
         keep_index = [i for i, k in enumerate(keep) if k]
+        score_list, label_list = scores.tolist(), labels.tolist()
         sample_ids: list[int | None] = [None] * len(labels)
         if self.store is not None and (keep_index or checkpoint is not None):
+            everything = len(keep_index) == len(keep)  # then no gather copies the batch
             kept_ids = self.store.add_batch(
-                inputs[keep_index],
-                labels[keep_index].tolist(),
-                scores[keep_index].tolist(),
+                inputs if everything else inputs[keep_index],
+                label_list if everything else [label_list[i] for i in keep_index],
+                score_list if everything else [score_list[i] for i in keep_index],
                 [sources[i] for i in keep_index] if sources is not None else None,
                 checkpoint=checkpoint,
             )
             for i, sample_id in zip(keep_index, kept_ids):
                 sample_ids[i] = sample_id
-        return self._record(scores.tolist(), labels.tolist(), position.tolist(), keep, sample_ids)
+        return self._record(score_list, label_list, position.tolist(), keep, sample_ids)
 
     def _record(
         self,

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -119,8 +119,7 @@ class StoredSample:
     source: str | None
 
 
-@dataclass(frozen=True)
-class _Encoded:
+class _Encoded(NamedTuple):  # a NamedTuple: built per row, 3x cheaper than a frozen dataclass
     label: int
     score: float | None
     shape: str
@@ -169,6 +168,13 @@ def _encode_batch(xs: torch.Tensor, labels: list, scores: list, sources: list) -
     blob = data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b""
     size = len(blob) // len(data)
     shape = json.dumps(list(data.shape[1:]))
+    if _all_plain(labels, scores, sources):
+        # What a filter hands over (ints, floats, ASCII ids) needs no per-row checks: the
+        # checked loop below cost about 7 us a row, as much as SQLite's insert of the row.
+        return [
+            _Encoded(label, score, shape, dtype, blob[i * size : (i + 1) * size], source)
+            for i, (label, score, source) in enumerate(zip(labels, scores, sources))
+        ]
     rows = []
     several = len(data) > 1
     for i, (label, score, source) in enumerate(zip(labels, scores, sources)):
@@ -184,6 +190,16 @@ def _encode_batch(xs: torch.Tensor, labels: list, scores: list, sources: list) -
             )
         )
     return rows
+
+
+def _all_plain(labels: list, scores: list, sources: list) -> bool:
+    """Whether every label is an int in range, every score a finite float or None and every
+    source an ASCII string or None: values ``_check_label`` etc. would pass unchanged."""
+    return (
+        all(type(label) is int and 0 <= label <= _SQLITE_INT_MAX for label in labels)
+        and all(score is None or (type(score) is float and math.isfinite(score)) for score in scores)
+        and all(source is None or (type(source) is str and source.isascii()) for source in sources)
+    )
 
 
 def _scalar(value: Any) -> Any:

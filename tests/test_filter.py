@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from conftest import mlp_head_model
 from drip.errors import DripInputError, DripModelMismatchError
 from drip.filter import DripFilter
 from drip.models import digits_cnn
@@ -151,3 +152,19 @@ def test_empty_batch_decides_nothing(setup):
     drip_filter = DripFilter(scorer, thresholds, store)
     assert drip_filter.offer_batch(torch.rand(0, 1, 8, 8), []) == []
     assert sum(drip_filter.counters.seen) == 0
+
+
+def test_labels_beyond_the_bands_are_refused_when_the_model_names_no_class_count(tmp_path):
+    # A Sequential with an MLP head declares no class count; the bands' count bounds the labels.
+    torch.manual_seed(0)
+    model = mlp_head_model()
+    scorer = DripScorer(model, "4")
+    assert scorer.num_classes is None
+    unbounded = (-math.inf,) * 3, (math.inf,) * 3
+    thresholds = Thresholds(*unbounded, model_fingerprint=model_fingerprint(model))
+    with SampleStore(tmp_path / "kept.sqlite") as store:
+        drip_filter = DripFilter(scorer, thresholds, store)
+        with pytest.raises(DripInputError, match=r"label 3 is out of range, expected \[0, 3\)"):
+            drip_filter.offer_batch(torch.rand(2, 1, 8, 8), [0, 3])
+        assert sum(drip_filter.counters.seen) == 0 and len(store) == 0
+        assert [d.kept for d in drip_filter.offer_batch(torch.rand(2, 1, 8, 8), [0, 2])] == [True, True]

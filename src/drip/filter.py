@@ -14,7 +14,7 @@ from typing import Any
 from .errors import DripInputError, DripModelMismatchError
 from .score import DripScorer
 from .store import SampleStore
-from .thresholds import ABOVE_HIGH, BELOW_LOW, Thresholds
+from .thresholds import ABOVE_HIGH, BELOW_LOW, INSIDE, Thresholds
 from .validation import as_tensor
 
 KEPT, ABOVE, BELOW, STORE_FULL = "kept", "above_high", "below_low", "store_full"
@@ -129,19 +129,16 @@ class DripFilter:
             )
         if checkpoint is not None and self.store is None:
             raise DripInputError("checkpoint: needs a store to be written to, but the filter has none")
-        batch = self.scorer.score_batch(xs, ys)
-        inputs, labels, scores = batch.x, batch.y, batch.scores
-        if sources is not None and len(sources) != len(labels):
-            raise DripInputError(f"sources: expected one per sample ({len(labels)}), got {len(sources)}")
-        if labels.numel() and int(labels.max()) >= self.thresholds.num_classes:
-            raise DripInputError(
-                f"y: label {int(labels.max())} is out of range, expected [0, {self.thresholds.num_classes})"
-            )
-        position = self.thresholds.position(scores, labels)
-        keep = (position == 0).tolist()
+        batch = self.scorer.score_batch(xs, ys, num_classes=self.thresholds.num_classes)
+        inputs = batch.x
+        if sources is not None and len(sources) != len(inputs):
+            raise DripInputError(f"sources: expected one per sample ({len(inputs)}), got {len(sources)}")
+        # The scorer checked the labels against the bands' classes and the scores for finiteness.
+        score_list, label_list = batch.scores.tolist(), batch.y.tolist()
+        position = self.thresholds.positions(score_list, label_list)
+        keep = [where == INSIDE for where in position]
         keep_index = [i for i, k in enumerate(keep) if k]
-        score_list, label_list = scores.tolist(), labels.tolist()
-        sample_ids: list[int | None] = [None] * len(labels)
+        sample_ids: list[int | None] = [None] * len(keep)
         if self.store is not None and (keep_index or checkpoint is not None):
             everything = len(keep_index) == len(keep)  # then no gather copies the batch
             kept_ids = self.store.add_batch(
@@ -153,7 +150,7 @@ class DripFilter:
             )
             for i, sample_id in zip(keep_index, kept_ids):
                 sample_ids[i] = sample_id
-        return self._record(score_list, label_list, position.tolist(), keep, sample_ids)
+        return self._record(score_list, label_list, position, keep, sample_ids)
 
     def _record(
         self,

@@ -156,18 +156,21 @@ class DripScorer:
         module, name = self._first_parameter
         return getattr(module, name, None)
 
-    def prepare(self, x: Any, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validated ``x: (B, ...)`` on the model's device and dtype, and labels ``y: (B,)``."""
+    def prepare(self, x: Any, y: Any, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validated ``x: (B, ...)`` on the model's device and dtype, and labels ``y: (B,)`` in
+        ``[0, num_classes)`` (default: the model's class count, when it declares one)."""
         parameter = self._parameter()
         dtype = parameter.dtype if parameter is not None else torch.float32
         device = parameter.device if parameter is not None else torch.device("cpu")
         inputs = check_inputs(x, sample_shape=self.input_shape, dtype=dtype, device=device)
-        labels = check_labels(y, count=inputs.shape[0], num_classes=self.num_classes, device=device)
+        bound = num_classes if num_classes is not None else self.num_classes
+        labels = check_labels(y, count=inputs.shape[0], num_classes=bound, device=device)
         return inputs, labels
 
-    def score_batch(self, x: Any, y: Any) -> ScoredBatch:
-        """Validate a batch, then compute its maps, logits and scores in one pass."""
-        inputs, labels = self.prepare(x, y)
+    def score_batch(self, x: Any, y: Any, *, num_classes: int | None = None) -> ScoredBatch:
+        """Validate a batch (labels as in ``prepare``), then compute its maps, logits and scores
+        in one pass."""
+        inputs, labels = self.prepare(x, y, num_classes)
         if self.model.training and not self._warned_training:
             warnings.warn(
                 "DripScorer: the model is in training mode; scores of a model in eval() mode are "

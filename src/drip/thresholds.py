@@ -168,13 +168,18 @@ class Thresholds:
         if torch.isnan(scores).any():
             bad = torch.isnan(scores).nonzero().flatten()[:10].tolist()
             raise DripInputError(f"scores: expected numbers, got NaN at samples {bad}")
-        labels = check_labels(labels, count=scores.numel(), num_classes=self.num_classes, name="labels").cpu()
-        low = torch.tensor(self.low, dtype=torch.float64)[labels]
-        high = torch.tensor(self.high, dtype=torch.float64)[labels]
-        result = torch.zeros(labels.shape, dtype=torch.int8)
-        result[scores < low] = BELOW_LOW
-        result[scores > high] = ABOVE_HIGH
-        return result
+        labels = check_labels(labels, count=scores.numel(), num_classes=self.num_classes, name="labels")
+        return torch.tensor(self.positions(scores.tolist(), labels.tolist()), dtype=torch.int8)
+
+    def positions(self, scores: Sequence[float], labels: Sequence[int]) -> list[int]:
+        """``position`` for scores and labels already checked (numbers, not NaN; labels in
+        ``[0, num_classes)``), in plain Python: what the filter runs on every batch, where the
+        tensor version's checks, casts and masked writes cost more than the comparisons."""
+        low, high = self.low, self.high
+        return [
+            BELOW_LOW if score < low[c] else ABOVE_HIGH if score > high[c] else INSIDE
+            for score, c in zip(scores, labels)
+        ]
 
     def keep(self, scores: Any, labels: Any) -> torch.Tensor:
         """BoolTensor (B,): True where the score lies inside its class's band."""

@@ -88,6 +88,25 @@ def test_malformed_records_are_reported_skipped_and_strict_fails(files, capsys):
     assert "3 malformed samples skipped (3 in earlier runs)" in capsys.readouterr().out
 
 
+def test_a_bad_record_costs_its_batch_one_commit_and_a_trailing_one_is_decided(files, capsys, monkeypatch):
+    data = torch.load(files / "stream.pt")
+    x = data["x"].clone()
+    x[3, 0, 0, 0] = float("nan")  # the first batch of 30 holds one bad record
+    x[59] = float("inf")  # the second batch ends with one
+    torch.save({"x": x, "y": data["y"]}, files / "bad.pt")
+    commits = []
+    add_batch = SampleStore.add_batch
+    monkeypatch.setattr(SampleStore, "add_batch", lambda *a, **k: commits.append(1) or add_batch(*a, **k))
+    assert run(files, "--batch-size", "30", stream="bad.pt") == 0
+    assert len(commits) == 2  # one per batch: the bad records were found without scoring each
+    assert "2 malformed samples skipped" in capsys.readouterr().out
+    # The whole stream was decided, the trailing bad record included: a rerun has nothing to do.
+    assert run(files, stream="bad.pt") == 0
+    out = capsys.readouterr().out
+    assert "resumed at sample 60" in out and "malformed sample 59" not in out
+    assert "2 malformed samples skipped (2 in earlier runs)" in out
+
+
 def test_records_of_different_shapes_in_a_list_stream(files, capsys):
     records = [torch.rand(1, 8, 8) for _ in range(10)]
     records[3] = torch.rand(8, 8)

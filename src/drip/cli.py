@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import DripError, DripInputError
+from .errors import DripError, DripInputError, DripStoreError
 
 DATASETS = ("digits", "mnist", "cifar10", "speech-commands", "plant-village")
 FETCHABLE = ("mnist", "cifar10", "speech-commands")
@@ -235,11 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_tensors(path: Path):
+def _one_line(err: BaseException) -> str:
+    """An error's message on one line (torch and SQLite messages may span several)."""
+    return " ".join(str(err).split())
+
+
+def _load_tensors(path: Path, content: bytes | None = None):
+    """The 'x' and 'y' of a .pt file; ``content``: its bytes, when the caller has read them."""
+    import io
+
     import torch
 
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch.load(
+            io.BytesIO(content) if content is not None else path, map_location="cpu", weights_only=True
+        )
     # Unpickling damaged bytes raises whatever the opcode it trips on raises (IndexError,
     # KeyError, UnicodeDecodeError, ...), so only "any Exception" names them all.
     except Exception as err:
@@ -355,29 +365,27 @@ def _stream_records(values: Any, name: str, path: Path) -> Any:
     )
 
 
-def _records(values: Any, start: int, stop: int, name: str) -> torch.Tensor:
-    """Records ``start:stop`` of a stream's 'x' or 'y' as one batch tensor."""
+def _records(values: Any, indices: range | list[int], name: str) -> torch.Tensor:
+    """The records ``indices`` of a stream's 'x' or 'y' as one batch tensor."""
     import torch
 
     from .validation import as_tensor
 
     if isinstance(values, torch.Tensor):
-        return values[start:stop]
+        if isinstance(indices, range):
+            return values[indices.start : indices.stop]
+        return values[list(indices)]
     try:
-        return torch.stack(
-            [as_tensor(value, f"{name}[{start + i}]") for i, value in enumerate(values[start:stop])]
-        )
+        return torch.stack([as_tensor(values[i], f"{name}[{i}]") for i in indices])
     except RuntimeError as err:
         raise DripInputError(
-            f"{name}: records {start} to {stop - 1} differ in shape or dtype ({err})"
+            f"{name}: records {indices[0]} to {indices[-1]} differ in shape or dtype ({err})"
         ) from None
 
 
 def _resume_point(store: SampleStore, key: str, digest: str, stream: Path) -> tuple[int, int]:
     """Where an earlier run on this stream stopped: (next index, malformed samples it met)."""
     import json
-
-    from .errors import DripStoreError
 
     saved = store.checkpoint(key)
     if saved is None:
@@ -398,12 +406,11 @@ def _resume_point(store: SampleStore, key: str, digest: str, stream: Path) -> tu
 
 
 def _run_filter(args: argparse.Namespace) -> int:
-    import hashlib
     import json
 
     from tqdm.auto import tqdm
 
-    from .errors import DripStoreError
+    from .data.download import sha256_of
     from .filter import DripFilter
     from .score import DripScorer
     from .store import SampleStore
@@ -413,42 +420,72 @@ def _run_filter(args: argparse.Namespace) -> int:
         raise DripInputError(f"--batch-size: expected a positive number, got {args.batch_size}")
     model = _load_model(args.model)
     thresholds = Thresholds.load(args.thresholds)
-    x, y = _load_tensors(args.stream)
+    try:
+        content = args.stream.read_bytes()
+    except OSError as err:
+        raise DripInputError(f"{args.stream}: cannot read a .pt file: {err}") from None
+    x, y = _load_tensors(args.stream, content)
     x, y = _stream_records(x, "x", args.stream), _stream_records(y, "y", args.stream)
     scorer = DripScorer(model, args.layer or thresholds.layer or None, thresholds.statistic)
     if len(x) != len(y):
         raise DripInputError(f"{args.stream}: {len(x)} samples but {len(y)} labels")
     # Sample ids are "<stream file name>:<index>"; the stream's hash tells a rerun from a new file.
-    digest = hashlib.sha256(args.stream.read_bytes()).hexdigest()
+    digest = sha256_of(content)
     key = f"drip filter:{args.stream.name}"
     malformed: list[tuple[int, str]] = []
     with SampleStore(args.store, args.capacity_bytes, args.capacity_count, args.when_full) as store:
         drip_filter = DripFilter(scorer, thresholds, store, allow_model_mismatch=args.allow_model_mismatch)
         start, earlier_malformed = _resume_point(store, key, digest, args.stream)
 
-        def offer(first: int, stop: int) -> None:
-            # The position is committed with the batch's samples: a kill never separates them.
-            progress = {"next": stop, "malformed": earlier_malformed + len(malformed), "sha256": digest}
+        def progress(done: int) -> tuple[str, str]:
+            """The checkpoint saying samples before ``done`` are decided (and how many were bad)."""
+            bad = earlier_malformed + sum(1 for i, _ in malformed if i < done)
+            return key, json.dumps({"next": done, "malformed": bad, "sha256": digest})
+
+        def offer(indices: range | list[int], done: int) -> None:
+            # The position is committed with the samples' decisions: a kill never separates them.
             drip_filter.offer_batch(
-                _records(x, first, stop, "x"),
-                _records(y, first, stop, "y"),
-                sources=[f"{args.stream.name}:{i}" for i in range(first, stop)],
-                checkpoint=(key, json.dumps(progress)),
+                _records(x, indices, "x"),
+                _records(y, indices, "y"),
+                sources=[f"{args.stream.name}:{i}" for i in indices],
+                checkpoint=progress(done),
             )
+
+        def well_formed(i: int) -> bool:
+            """Whether record i passes the scorer's input checks; else it is noted as malformed."""
+            try:
+                one = range(i, i + 1)
+                scorer.prepare(_records(x, one, "x"), _records(y, one, "y"), thresholds.num_classes)
+            except DripInputError as err:
+                malformed.append((i, _one_line(err)))
+                return False
+            return True
 
         index = start
         try:
             for index in tqdm(range(start, len(x), args.batch_size), desc="filter", disable=args.quiet):
                 stop = min(index + args.batch_size, len(x))
                 try:
-                    offer(index, stop)
+                    offer(range(index, stop), stop)
+                    continue
                 except DripInputError:
-                    # A bad sample fails its whole batch and changes nothing: find it one by one.
-                    for i in range(index, stop):
+                    pass
+                # A bad record fails its whole batch and changes nothing: find it by the input
+                # checks alone, then decide the rest of the batch in one scoring and one commit.
+                good = [i for i in range(index, stop) if well_formed(i)]
+                try:
+                    if good:
+                        offer(good, stop)
+                    else:
+                        store.add_batch([], [], checkpoint=progress(stop))
+                except DripInputError:
+                    # Only scoring tells (e.g. a sample the model overflows on): one at a time.
+                    for i in good:
                         try:
-                            offer(i, i + 1)
+                            offer([i], i + 1)
                         except DripInputError as err:
-                            malformed.append((i, " ".join(str(err).split())))
+                            malformed.append((i, _one_line(err)))
+                    store.add_batch([], [], checkpoint=progress(stop))
         except DripStoreError as err:
             raise DripStoreError(
                 f"{err}; stopped at sample {index}, everything before it is stored: rerun the same "
@@ -549,8 +586,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return runners[args.command](args)
     except DripError as err:
-        # One line, whatever the message carries (torch and SQLite errors may span several).
-        print(f"drip: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"drip: error: {_one_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -188,3 +188,11 @@ def test_console_entry_point_runs():
 
 def test_parser_knows_every_command():
     assert {"demo", "calibrate", "filter"} <= set(build_parser()._subparsers._group_actions[0].choices)
+
+
+def test_command_line_names_every_data_set_the_library_has():
+    # The CLI lists them itself so that --help need not import torch; they must not drift apart.
+    from drip.cli import DATASETS, FETCHABLE
+    from drip.data import FETCHERS, LOADERS
+
+    assert set(DATASETS) == set(LOADERS) and set(FETCHABLE) == set(FETCHERS)

@@ -508,7 +508,7 @@ def _run_filter(args: argparse.Namespace) -> int:
 
 
 def _run_experiment(args: argparse.Namespace) -> int:
-    from .data import data_root, load_dataset
+    from .data import dataset_dir, load_dataset
     from .experiment import ExperimentConfig, run_experiment
     from .report import markdown, write_report
 
@@ -532,10 +532,13 @@ def _run_experiment(args: argparse.Namespace) -> int:
     if config.budget != "steps":
         name += f"-{config.budget}"
     out = args.out or Path("runs") / name
-    splits = load_dataset(args.dataset, args.data_dir)
-    source = str(args.data_dir or data_root() / args.dataset) if args.dataset != "digits" else "scikit-learn"
-    if (Path(source) / "README.txt").is_file():  # a synthetic corpus says so in its README.txt
-        source += f" ({(Path(source) / 'README.txt').read_text().strip().rstrip('.')})"
+    splits = load_dataset(args.dataset, args.data_dir, progress=not args.quiet)
+    source = "scikit-learn"
+    if args.dataset != "digits":
+        folder = dataset_dir(args.dataset, args.data_dir)
+        source = str(folder)
+        if (folder / "README.txt").is_file():  # a synthetic corpus says so in its README.txt
+            source += f" ({(folder / 'README.txt').read_text().strip().rstrip('.')})"
     results = run_experiment(
         config, splits.train, out, test=splits.test, progress=not args.quiet, source=source
     )
@@ -558,14 +561,14 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    from .data import FETCHERS, data_root
+    from .data import FETCHERS, dataset_dir
     from .data.synth_speech import synthesize_speech_commands
 
     if args.data_command == "synth-speech-commands":
         synthesize_speech_commands(args.out, per_word=args.per_word, seed=args.seed, progress=not args.quiet)
         print(f"wrote a synthetic Speech Commands corpus to {args.out}")
         return 0
-    FETCHERS[args.name](args.data_dir or data_root() / args.name)
+    FETCHERS[args.name](dataset_dir(args.name, args.data_dir))
     return 0
 
 

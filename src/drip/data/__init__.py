@@ -25,12 +25,13 @@ def data_root() -> Path:
     return Path(os.environ.get("DRIP_DATA", Path.home() / ".cache" / "drip"))
 
 
-LOADERS: dict[str, Callable[[Path], DataSplits]] = {
-    "digits": lambda folder: DataSplits(load_digits(), None),
-    "mnist": load_mnist,
-    "cifar10": load_cifar10,
-    "speech-commands": load_speech_commands,
-    "plant-village": load_plant_village,
+# Each loader takes the folder and whether to show progress bars (the slow loaders have them).
+LOADERS: dict[str, Callable[[Path, bool], DataSplits]] = {
+    "digits": lambda folder, progress: DataSplits(load_digits(), None),
+    "mnist": lambda folder, progress: load_mnist(folder),
+    "cifar10": lambda folder, progress: load_cifar10(folder),
+    "speech-commands": lambda folder, progress: load_speech_commands(folder, progress=progress),
+    "plant-village": lambda folder, progress: load_plant_village(folder, progress=progress),
 }
 FETCHERS: dict[str, Callable[..., Path]] = {
     "mnist": fetch_mnist,
@@ -39,11 +40,18 @@ FETCHERS: dict[str, Callable[..., Path]] = {
 }
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> DataSplits:
+def dataset_dir(name: str, data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The folder of data set ``name``: ``data_dir``, or ``$DRIP_DATA/<name>``."""
+    return Path(data_dir) if data_dir is not None else data_root() / name
+
+
+def load_dataset(
+    name: str, data_dir: str | os.PathLike[str] | None = None, *, progress: bool = True
+) -> DataSplits:
     """Training data and official test split (or None) of data set ``name``."""
     if name not in LOADERS:
         raise DripInputError(f"dataset: expected one of {sorted(LOADERS)}, got {name!r}")
-    return LOADERS[name](Path(data_dir) if data_dir is not None else data_root() / name)
+    return LOADERS[name](dataset_dir(name, data_dir), progress)
 
 
 __all__ = [
@@ -52,6 +60,7 @@ __all__ = [
     "DataSplits",
     "LabelledData",
     "data_root",
+    "dataset_dir",
     "fetch_cifar10",
     "fetch_mnist",
     "fetch_speech_commands",

@@ -23,7 +23,7 @@ def noisy_run(tmp_path_factory):
         steps=12,
         q_high=0.3,
         q_low=0.05,
-        sweep=(0.2, 0.4),
+        sweep=(0.2, 0.3, 0.4),
         noise="label",
         noise_rate=0.3,
         pool_limit=900,
@@ -36,14 +36,18 @@ def test_every_arm_and_equal_storage(noisy_run):
     seed = results["seeds"][0]
     arms = seed["arms"]
     assert set(arms) == {*ARMS, "full-clean"}
-    kept = seed["stream"]["kept"]
-    assert kept == sum(seed["stream"]["kept_mask"]) == arms["drip"]["kept"]
+    kept, counters = seed["stream"]["kept"], seed["stream"]["counters"]
+    assert kept == sum(counters["kept"]) == arms["drip"]["kept"]  # the filter's and the store's count
     for arm in EQUAL_COUNT:
         assert arms[arm]["kept"] == kept, arm
         assert arms[arm]["steps"] == 12  # the same optimiser-step budget for every arm
-    assert arms["full"]["kept"] == seed["stream"]["seen"] == seed["sizes"]["stream"]
-    assert [p["q_high"] for p in seed["sweep"]] == [0.2, 0.4]
-    assert seed["sweep"][0]["kept"] >= seed["sweep"][1]["kept"]
+    assert arms["full"]["kept"] == sum(counters["seen"])  # the filter was offered the whole stream
+    assert [p["q_high"] for p in seed["sweep"]] == [0.2, 0.3, 0.4]
+    assert seed["sweep"][0]["kept"] >= seed["sweep"][1]["kept"] >= seed["sweep"][2]["kept"]
+    # At DRIP's own band the sweep reuses the DRIP and RANDOM arms instead of training them again.
+    chosen = seed["sweep"][1]
+    assert chosen["kept"] == kept
+    assert (chosen["drip"], chosen["random"]) == (arms["drip"]["accuracy"], arms["random"]["accuracy"])
 
 
 def test_noise_statistics_are_consistent(noisy_run):
@@ -64,8 +68,9 @@ def test_report_renders_from_results_json_alone(noisy_run):
     out, results = noisy_run
     for name in ("summary.md", "summary.json"):
         (out / name).unlink(missing_ok=True)
-    summary = write_report(load_results(out / "results.json"), out)
-    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    write_report(load_results(out / "results.json"), out)
+    # The same summary as the one made from the run's results in memory.
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summarize(results)))
     for name in ("scores.png", "heatmaps.png", "accuracy_vs_saving.png", "noise_scores.png"):
         assert (out / name).stat().st_size > 10_000, name
     text = markdown(summarize(results))
@@ -160,6 +165,12 @@ def test_drip_experiment_runs_on_each_data_set_fixture(tmp_path, dataset):
     (out / "summary.md").unlink()
     assert main(["report", str(out), "--quiet"]) == 0
     assert (out / "summary.md").read_text().startswith(f"# drip: {dataset}")
+
+
+def test_results_of_another_version_are_refused(tmp_path, capsys):
+    (tmp_path / "results.json").write_text(json.dumps({"format": "drip-results", "version": 1, "seeds": []}))
+    assert main(["report", str(tmp_path)]) == 2
+    assert "expected drip results version 2, got ('drip-results', 1)" in capsys.readouterr().err
 
 
 def test_report_of_a_missing_run_is_one_clear_line(tmp_path, capsys):

@@ -101,13 +101,14 @@ class BandTrial:
 
 @dataclass
 class TrainingPhaseResult:
-    """The deployed scorer model, its thresholds, and what the phase measured and cost.
+    """The deployed scorer (``scorer.model`` trained on D0_train), its thresholds, and what the
+    phase measured and cost.
 
     ``proxy`` is the held-out proxy stream P with the scorer's ``proxy_scores`` and
     ``proxy_logits``: the clean calibration data other online selectors can calibrate on too.
     """
 
-    model: nn.Module
+    scorer: DripScorer
     thresholds: Thresholds
     q_high: float
     reference_accuracy: float | None
@@ -118,6 +119,11 @@ class TrainingPhaseResult:
     proxy: LabelledData | None = None
     proxy_scores: torch.Tensor | None = None
     proxy_logits: torch.Tensor | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        """The deployed scorer's model."""
+        return self.scorer.model
 
     @property
     def cost_ratio(self) -> float:
@@ -227,7 +233,7 @@ def training_phase(
         },
     )
     return TrainingPhaseResult(
-        model=model,
+        scorer=scorer,
         thresholds=thresholds,
         q_high=q_high,
         reference_accuracy=reference,

@@ -551,11 +551,7 @@ def _run_experiment(args: argparse.Namespace) -> int:
 def _run_report(args: argparse.Namespace) -> int:
     from .report import load_results, markdown, write_report
 
-    path = args.run / "results.json"
-    try:
-        results = load_results(path)
-    except (OSError, ValueError) as err:
-        raise DripInputError(f"{path}: cannot read results: {err}") from None
+    results = load_results(args.run / "results.json")
     print(markdown(write_report(results, args.run)))
     return 0
 

@@ -40,7 +40,7 @@ from .data.base import LabelledData, stratified_split
 from .errors import DripInputError
 from .filter import DripFilter
 from .models import build_model
-from .score import DripScorer, score_in_batches
+from .score import DripScorer
 from .store import SampleStore
 from .train import TrainConfig, evaluate, fit, predict_logits
 from .validation import check_fraction
@@ -175,7 +175,6 @@ def _gallery(
 
 
 def _stream_through_filter(
-    scorer: DripScorer,
     phase: TrainingPhaseResult,
     stream: LabelledData,
     store_path: Path,
@@ -188,19 +187,12 @@ def _stream_through_filter(
         Path(f"{store_path}{suffix}").unlink(missing_ok=True)
     decisions = []
     with SampleStore(store_path) as store:
-        drip_filter = DripFilter(scorer, phase.thresholds, store)
+        drip_filter = DripFilter(phase.scorer, phase.thresholds, store)
         starts = range(0, len(stream), batch)
         for start in tqdm(starts, desc=f"seed {seed}: stream", disable=not progress, leave=False):
             stop = min(start + batch, len(stream))
-            if batch == 1:
-                decisions.append(
-                    drip_filter.offer(stream.x[start], stream.y[start], source=f"stream:{start}")
-                )
-            else:
-                sources = [f"stream:{i}" for i in range(start, stop)]
-                decisions += drip_filter.offer_batch(
-                    stream.x[start:stop], stream.y[start:stop], sources=sources
-                )
+            sources = [f"stream:{i}" for i in range(start, stop)]
+            decisions += drip_filter.offer_batch(stream.x[start:stop], stream.y[start:stop], sources=sources)
         stored_x, stored_y, _ = store.tensors()
     kept = torch.tensor([d.kept for d in decisions])
     scores = torch.tensor([d.score for d in decisions], dtype=torch.float64)
@@ -248,13 +240,13 @@ def run_seed(
         seed=seed,
         progress=progress,
     )
-    scorer = DripScorer(phase.model, statistic=config.statistic)
     workdir.mkdir(parents=True, exist_ok=True)
     kept, scores, stored, counters = _stream_through_filter(
-        scorer, phase, stream, workdir / "kept.sqlite", config.stream_batch, progress, seed
+        phase, stream, workdir / "kept.sqlite", config.stream_batch, progress, seed
     )
     kept_count = int(kept.sum())
-    _, stream_logits = score_in_batches(scorer, stream.x, stream.y)
+    # The loss-based selectors need the stream's logits: a forward pass, not another Grad-CAM.
+    stream_logits = predict_logits(phase.model, stream.x)
     stream_losses = selectors.loss_values(stream_logits, stream.y)
     proxy = phase.proxy
     proxy_losses = selectors.loss_values(phase.proxy_logits, proxy.y)
@@ -349,11 +341,15 @@ def run_seed(
             scores, stream.y, phase.proxy_scores, proxy.y, pool.num_classes, q_high=q, q_low=config.q_low
         )
         count = int(band.sum())
-        same = q == phase.q_high and "drip" in arms and count == kept_count
+        # At DRIP's own band the DRIP and RANDOM arms already hold the answer: train neither again.
+        same = q == phase.q_high and count == kept_count
         drip_record = arms["drip"] if same else train_arm(f"sweep q={q}", band)
-        random_record = train_arm(
-            f"sweep random {count}", mask_of(selectors.random_count(len(stream), count, generator))
-        )
+        if same and "random" in arms:
+            random_record = arms["random"]
+        else:
+            random_record = train_arm(
+                f"sweep random {count}", mask_of(selectors.random_count(len(stream), count, generator))
+            )
         sweep.append(
             {
                 "q_high": q,
@@ -386,11 +382,14 @@ def run_seed(
             "counters": counters,
         },
         "arms": arms,
-        "accuracy": {name: record["accuracy"] for name, record in arms.items()},
         "sweep": sweep,
-        "gallery": _gallery(scorer, stream, kept.numpy(), scores.numpy(), corrupted.numpy()),
+        "gallery": _gallery(phase.scorer, stream, kept.numpy(), scores.numpy(), corrupted.numpy()),
         "elapsed_s": time.perf_counter() - start,
     }
+
+
+# 2: per-arm records with sweep and noise statistics (1 was the first demo's per-seed fields).
+RESULTS_VERSION = 2
 
 
 def run_experiment(
@@ -413,7 +412,7 @@ def run_experiment(
     ]
     results = {
         "format": "drip-results",
-        "version": 1,
+        "version": RESULTS_VERSION,
         "config": asdict(config),
         "dataset": config.dataset,
         "data_source": source,

@@ -17,6 +17,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from .errors import DripInputError
+from .experiment import RESULTS_VERSION
+
 ARM_TITLES = {
     "full": "FULL",
     "full-clean": "FULL (clean stream)",
@@ -73,9 +76,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     config = results["config"]
     summary = {
         "dataset": results["dataset"],
-        "data_source": results.get("data_source"),
+        "data_source": results["data_source"],
         "seeds": [s["seed"] for s in seeds],
-        "budget": results.get("budget", "steps"),
+        "budget": results["budget"],
         "steps": config["steps"],
         "statistic": config["statistic"],
         "noise": {"kind": config["noise"], "rate": config["noise_rate"]},
@@ -88,8 +91,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "accuracy": {arm: values["accuracy"] for arm, values in arms.items()},
         "arms": arms,
         "sweep": sweep,
-        "elapsed_s": results.get("elapsed_s"),
-        "threads": results.get("threads"),
+        "elapsed_s": results["elapsed_s"],
+        "threads": results["threads"],
     }
     summary["verdict"] = _verdict(summary)
     return summary
@@ -136,16 +139,19 @@ def _percent(values: dict[str, Any] | None) -> str:
 def markdown(summary: dict[str, Any]) -> str:
     """The summary as markdown tables (arms, then the band sweep) with the verdict under them."""
     seen = summary["seen"]["mean"]
-    noise = summary.get("noise", {"kind": "none"})
+    noise = summary["noise"]
     noisy = noise["kind"] != "none"
     chosen = ", ".join(f"{q:g}" for q in summary["q_high"]["per_seed"])
+    if summary["budget"] == "epochs":
+        budget = f"every arm trained for the same epochs (FULL {summary['steps']} optimiser steps)"
+    else:
+        budget = f"every arm trained for {summary['steps']} optimiser steps"
     setup = (
-        f"{len(summary['seeds'])} seed(s); every arm trained for {summary['steps']} optimiser steps "
-        f"(budget: {summary['budget']}); score statistic `{summary['statistic']}`; "
+        f"{len(summary['seeds'])} seed(s); {budget}; score statistic `{summary['statistic']}`; "
         f"Training Phase cost {summary['training_phase_cost_ratio']['mean']:.1f}x one training; "
         f"chosen q_high {chosen}"
     )
-    if summary.get("q_low"):
+    if summary["q_low"]:
         setup += f", q_low {summary['q_low']:g}"
     if noisy:
         setup += f"; {noise['kind']} noise on {noise['rate']:.0%} of the stream"
@@ -154,7 +160,7 @@ def markdown(summary: dict[str, Any]) -> str:
     if noisy:
         header += " dropped that were corrupted (%) | corrupted dropped (%) | noisy labels fit (%) |"
         rule += "---|---|---|"
-    if summary.get("data_source"):
+    if summary["data_source"]:
         setup += f". Data: {summary['data_source']}"
     lines = [f"# drip: {summary['dataset']}", "", setup + ".", "", header, rule]
     for arm, values in summary["arms"].items():
@@ -368,7 +374,7 @@ def plot_accuracy_vs_saving(summary: dict[str, Any], path: Path) -> None:
         )
     ax.set_xlabel("storage saving: stream samples not stored (%)")
     ax.set_ylabel("test accuracy (%)")
-    noise = summary.get("noise", {"kind": "none"})
+    noise = summary["noise"]
     title = f"{summary['dataset']}: accuracy vs storage ({len(summary['seeds'])} seeds, "
     title += f"{summary['budget']} budget"
     title += f", {noise['kind']} noise {noise['rate']:.0%})" if noise["kind"] != "none" else ")"
@@ -430,5 +436,14 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def load_results(path: Path) -> dict[str, Any]:
-    """Read a ``results.json`` written by ``drip.experiment``."""
-    return json.loads(Path(path).read_text())
+    """Read a ``results.json`` written by ``drip.experiment``; another format or version is an error."""
+    try:
+        results = json.loads(Path(path).read_text())
+    except (OSError, ValueError, RecursionError) as err:
+        raise DripInputError(f"{path}: cannot read results: {err}") from None
+    found = (results.get("format"), results.get("version")) if isinstance(results, dict) else None
+    if found != ("drip-results", RESULTS_VERSION):
+        raise DripInputError(
+            f"{path}: expected drip results version {RESULTS_VERSION}, got {found!r}; rerun the experiment"
+        )
+    return results

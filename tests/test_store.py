@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 
 import numpy as np
@@ -215,13 +216,19 @@ def test_read_only_handle_reads_and_refuses_writes(tmp_path):
         ),
         min_size=1,
         max_size=6,
-    )
+    ),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16, torch.int16, torch.bool]),
+    sample_shape=st.sampled_from([(3,), (2, 2), (0,)]),
+    transposed=st.booleans(),
 )
 @settings(max_examples=100, deadline=None)
-def test_batch_encoding_equals_encoding_each_row(rows):
-    # Plain ints, floats and ASCII ids skip the per-row checks; the rows must be the same.
+def test_batch_encoding_equals_encoding_each_row(rows, dtype, sample_shape, transposed):
+    # A batch tensor is copied once and sliced into rows: each row must be what encoding that
+    # sample alone gives (bytes, shape, dtype, and the checked label, score and id, types included).
     labels, scores, sources = (list(column) for column in zip(*rows))
-    xs = torch.arange(len(rows) * 3, dtype=torch.float32).reshape(len(rows), 3)
+    xs = torch.arange(len(rows) * math.prod(sample_shape)).reshape(len(rows), *sample_shape).to(dtype)
+    if transposed and sample_shape == (2, 2):
+        xs = xs.transpose(1, 2)  # not contiguous
     expected = [_encode(x, *row, where="") for x, row in zip(xs, rows)]
     got = _encode_batch(xs, labels, scores, sources)
     assert got == expected

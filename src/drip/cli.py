@@ -406,11 +406,11 @@ def _resume_point(store: SampleStore, key: str, digest: str, stream: Path) -> tu
 
 
 def _run_filter(args: argparse.Namespace) -> int:
+    import hashlib
     import json
 
     from tqdm.auto import tqdm
 
-    from .data.download import sha256_of
     from .filter import DripFilter
     from .score import DripScorer
     from .store import SampleStore
@@ -430,7 +430,7 @@ def _run_filter(args: argparse.Namespace) -> int:
     if len(x) != len(y):
         raise DripInputError(f"{args.stream}: {len(x)} samples but {len(y)} labels")
     # Sample ids are "<stream file name>:<index>"; the stream's hash tells a rerun from a new file.
-    digest = sha256_of(content)
+    digest = hashlib.sha256(content).hexdigest()
     key = f"drip filter:{args.stream.name}"
     malformed: list[tuple[int, str]] = []
     with SampleStore(args.store, args.capacity_bytes, args.capacity_count, args.when_full) as store:

@@ -14,7 +14,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import write_atomically
 from .errors import DripInputError, DripModelMismatchError, DripThresholdsError
 from .validation import as_tensor, check_fraction, check_labels
 
@@ -246,15 +246,8 @@ class Thresholds:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write JSON atomically: a crash leaves the old file or the new one, never half of one."""
-        target = Path(path)
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-        with tempfile.NamedTemporaryFile(
-            "w", dir=target.parent or ".", prefix=f".{target.name}.", delete=False
-        ) as tmp:
-            tmp.write(text)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp.name, target)
+        write_atomically(Path(path), text.encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Thresholds:

@@ -7,6 +7,7 @@ Each batch is a pickled dict with ``b"data"`` (N, 3072) uint8 in channel-major o
 
 from __future__ import annotations
 
+import io
 import tarfile
 from pathlib import Path
 
@@ -79,17 +80,13 @@ def load_cifar10(folder: Path) -> DataSplits:
 
 
 def load_cifar10_archive(archive: Path) -> DataSplits:
-    """CIFAR-10 read straight from the official tar.gz, after checking its MD5."""
+    """CIFAR-10 read straight from the official tar.gz, after checking its MD5 (read once)."""
     raw = archive.read_bytes()
     check_digest(raw, str(archive), md5=ARCHIVE_MD5)
-    return _read_archive(archive)
-
-
-def _read_archive(archive: Path) -> DataSplits:
     wanted = {*TRAIN_BATCHES, TEST_BATCH, META}
     read: dict[str, bytes] = {}
     try:
-        with tarfile.open(archive, "r:gz") as tar:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
             for member in tar.getmembers():
                 name = Path(member.name).name
                 if member.isfile() and name in wanted:

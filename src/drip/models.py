@@ -44,7 +44,8 @@ def digits_cnn(num_classes: int = 10) -> nn.Module:
 def lenet(num_classes: int = 10) -> nn.Module:
     """LeNet-5 with ReLU and max pooling for 1x28x28 (MNIST); target ``relu2`` (16x10x10).
 
-    Its head (pool, flatten, two hidden dense layers) is not GAP + linear: scored by autograd.
+    Its head (pool, flatten, two hidden dense layers) is not GAP + linear: scored by the
+    piecewise-linear path (the head differentiated by hand).
     """
     layers = OrderedDict(
         conv1=nn.Conv2d(1, 6, 5, padding=2),

@@ -20,8 +20,8 @@ from ..errors import DripDataError
 SAMPLE_RATE = 16_000
 
 
-def read_wav(path: Path) -> np.ndarray:
-    """A mono 16-bit PCM WAV file as float32 samples in [-1, 1)."""
+def read_wav_any_rate(path: Path) -> tuple[np.ndarray, int]:
+    """A mono 16-bit PCM WAV file as float32 samples in [-1, 1), and its sample rate."""
     try:
         with wave.open(str(path), "rb") as clip:
             if clip.getnchannels() != 1 or clip.getsampwidth() != 2:
@@ -33,11 +33,17 @@ def read_wav(path: Path) -> np.ndarray:
             frames = clip.readframes(clip.getnframes())
     except (wave.Error, EOFError) as err:
         raise DripDataError(f"{path}: not a readable WAV file: {err}") from None
-    if rate != SAMPLE_RATE:
-        raise DripDataError(f"{path}: sample rate {rate} Hz, expected {SAMPLE_RATE}")
     if len(frames) % 2:
         raise DripDataError(f"{path}: truncated sample data")
-    return np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
+    return np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0, rate
+
+
+def read_wav(path: Path) -> np.ndarray:
+    """A mono 16-bit PCM WAV file at 16 kHz as float32 samples in [-1, 1)."""
+    samples, rate = read_wav_any_rate(path)
+    if rate != SAMPLE_RATE:
+        raise DripDataError(f"{path}: sample rate {rate} Hz, expected {SAMPLE_RATE}")
+    return samples
 
 
 def fit_length(samples: np.ndarray, length: int = SAMPLE_RATE) -> np.ndarray:

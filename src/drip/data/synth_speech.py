@@ -24,7 +24,7 @@ from scipy.signal import resample_poly
 from tqdm.auto import tqdm
 
 from ..errors import DripDataError
-from .audio import SAMPLE_RATE
+from .audio import SAMPLE_RATE, read_wav_any_rate
 from .speech_commands import BACKGROUND, KEYWORDS
 
 UNKNOWN_WORDS = ("bed", "bird", "cat", "dog", "happy", "house", "marvin", "sheila", "tree", "wow")
@@ -67,10 +67,8 @@ def _speak(word: str, voice: str, speed: int, pitch: int, workdir: Path) -> np.n
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     if result.returncode:
         raise DripDataError(f"espeak-ng failed for {word!r} with voice {voice}: {result.stderr.strip()}")
-    with wave.open(str(path), "rb") as clip:
-        rate, frames = clip.getframerate(), clip.readframes(clip.getnframes())
+    samples, rate = read_wav_any_rate(path)
     path.unlink()
-    samples = np.frombuffer(frames, dtype="<i2").astype(np.float64) / 32768.0
     gcd = np.gcd(rate, SAMPLE_RATE)
     samples = resample_poly(samples, SAMPLE_RATE // gcd, rate // gcd)
     loud = np.flatnonzero(np.abs(samples) > 0.02)
@@ -128,18 +126,20 @@ def synthesize_speech_commands(
                     int(rng.integers(20, 80)),
                     kinds[rng.integers(len(kinds))],
                     int(rng.integers(2**31)),
+                    index,
                 )
             )
     testing, validation = [], []
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(max(1, workers)) as pool:
 
         def render(job: tuple) -> str:
-            word, speaker, speed, pitch, kind, clip_seed = job
+            word, speaker, speed, pitch, kind, clip_seed, index = job
             clip = _place(
                 _speak(word, speaker, speed, pitch, Path(tmp)), noises[kind], np.random.default_rng(clip_seed)
             )
             speaker_id = hashlib.sha1(speaker.encode()).hexdigest()[:8]
-            relative = f"{word}/{speaker_id}_nohash_{clip_seed % 100000:05d}.wav"
+            # The clip's index makes the name unique within its word (a seed's digits did not).
+            relative = f"{word}/{speaker_id}_nohash_{index:05d}.wav"
             _write_wav(out_dir / relative, clip)
             return relative
 

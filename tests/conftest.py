@@ -1,4 +1,11 @@
-"""Shared fixtures: one torch thread, small seeded models and data."""
+"""Shared test setup: one torch thread, hypothesis profiles, small seeded models and data.
+
+``make test`` uses the hypothesis profile "drip" (set in pyproject's addopts): 150 examples per
+property test unless the test fixes its own count, no deadline (shared 2-core machines stall), and
+under ``CI=true`` a fixed example sequence, so that CI judges the change and not the luck of the
+draw; local runs keep exploring new examples. ``pytest --hypothesis-profile=thorough`` runs 3000
+where a test does not fix its count.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,20 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import pytest
 import torch
+from hypothesis import settings
 from torch import nn
 
+from drip.models import digits_cnn
+from drip.score import DripScorer
+from drip.store import SampleStore
+from drip.thresholds import Thresholds, model_fingerprint
+
 torch.set_num_threads(1)
+
+_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+settings.register_profile("drip", max_examples=150, deadline=None, derandomize=_CI)
+settings.register_profile("thorough", max_examples=3000, deadline=None)
 
 
 def gap_model(channels: int = 6, classes: int = 4, one_d: bool = False, seed: int = 0) -> nn.Sequential:
@@ -44,6 +60,27 @@ def mlp_head_model(seed: int = 0) -> nn.Sequential:
     ).eval()
 
 
-@pytest.fixture
-def rng() -> torch.Generator:
-    return torch.Generator().manual_seed(1234)
+def calibrated_digits(
+    *, held_out: int = 300, q_high: float = 0.3, q_low: float = 0.0, min_class_points: int = 30, seed: int = 0
+) -> tuple[nn.Module, DripScorer, Thresholds]:
+    """A seeded ``digits_cnn``, its scorer, and bands calibrated on random held-out inputs."""
+    torch.manual_seed(seed)
+    model = digits_cnn().eval()
+    scorer = DripScorer(model)
+    x, y = torch.rand(held_out, 1, 8, 8), torch.arange(held_out) % 10
+    thresholds = Thresholds.from_scores(
+        scorer(x, y),
+        y,
+        10,
+        q_high=q_high,
+        q_low=q_low,
+        min_class_points=min_class_points,
+        layer="relu3",
+        model_fingerprint=model_fingerprint(model),
+    )
+    return model, scorer, thresholds
+
+
+def snapshot(store: SampleStore) -> list[tuple]:
+    """Every row of ``store``, values included: equal snapshots mean nothing stored changed."""
+    return [(s.id, s.label, s.score, s.source, s.x.dtype, s.x.shape, s.x.tolist()) for s in store]

@@ -11,29 +11,19 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import calibrated_digits
 from drip.cli import _load_model, _load_tensors, main
 from drip.errors import DripInputError, DripStoreError
 from drip.filter import DripFilter
-from drip.models import digits_cnn
-from drip.score import DripScorer
 from drip.store import SampleStore
-from drip.thresholds import Thresholds, model_fingerprint
+from drip.thresholds import Thresholds
 
 
 @pytest.fixture
 def files(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    model = digits_cnn().eval()
+    model, _, thresholds = calibrated_digits(q_high=0.3)
     torch.save(model, tmp_path / "model.pt")
-    held_out, labels = torch.rand(300, 1, 8, 8), torch.arange(300) % 10
-    Thresholds.from_scores(
-        DripScorer(model)(held_out, labels),
-        labels,
-        10,
-        q_high=0.3,
-        layer="relu3",
-        model_fingerprint=model_fingerprint(model),
-    ).save(tmp_path / "t.json")
+    thresholds.save(tmp_path / "t.json")
     torch.save({"x": torch.rand(60, 1, 8, 8), "y": torch.arange(60) % 10}, tmp_path / "stream.pt")
     return tmp_path
 

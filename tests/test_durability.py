@@ -20,31 +20,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import calibrated_digits
 from drip.filter import DripFilter
-from drip.models import digits_cnn
 from drip.score import DripScorer
 from drip.store import SampleStore
-from drip.thresholds import Thresholds, model_fingerprint
+from drip.thresholds import Thresholds
 
 FORK = multiprocessing.get_context("fork")
 
 
 def make_stream(n: int, seed: int = 0) -> tuple[DripScorer, Thresholds, torch.Tensor, torch.Tensor]:
     """A scorer, thresholds that keep about 70% and drop some from both ends, and a stream."""
+    _, scorer, thresholds = calibrated_digits(q_high=0.2, q_low=0.1, seed=seed)
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = digits_cnn().eval()
-    scorer = DripScorer(model)
-    held_out = torch.rand(300, 1, 8, 8, generator=generator)
-    thresholds = Thresholds.from_scores(
-        scorer(held_out, torch.arange(300) % 10),
-        torch.arange(300) % 10,
-        10,
-        q_high=0.2,
-        q_low=0.1,
-        layer="relu3",
-        model_fingerprint=model_fingerprint(model),
-    )
     return (
         scorer,
         thresholds,

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import mlp_head_model
+from conftest import calibrated_digits, mlp_head_model
 from drip.errors import DripInputError, DripModelMismatchError
 from drip.filter import DripFilter
 from drip.models import digits_cnn
@@ -19,23 +19,7 @@ from drip.thresholds import Thresholds, model_fingerprint
 
 @pytest.fixture
 def setup(tmp_path):
-    torch.manual_seed(0)
-    model = digits_cnn().eval()
-    scorer = DripScorer(model)
-    x = torch.rand(200, 1, 8, 8)
-    y = torch.arange(200) % 10
-    scores = scorer(x, y)
-    thresholds = Thresholds.from_scores(
-        scores,
-        y,
-        10,
-        q_high=0.3,
-        q_low=0.1,
-        min_class_points=5,
-        statistic="mean",
-        layer="relu3",
-        model_fingerprint=model_fingerprint(model),
-    )
+    _, scorer, thresholds = calibrated_digits(held_out=200, q_high=0.3, q_low=0.1, min_class_points=5)
     store = SampleStore(tmp_path / "kept.sqlite")
     yield scorer, thresholds, store
     store.close()

@@ -16,31 +16,17 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from conftest import calibrated_digits
 from drip.errors import DripError, DripInputError, DripThresholdsError
 from drip.filter import DripFilter
-from drip.models import digits_cnn
-from drip.score import DripScorer
 from drip.store import SampleStore
-from drip.thresholds import Thresholds, model_fingerprint
+from drip.thresholds import Thresholds
 
 SETTINGS = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
-torch.manual_seed(0)
-MODEL = digits_cnn().eval()
-SCORER = DripScorer(MODEL)
-_HELD_OUT = torch.rand(200, 1, 8, 8)
-THRESHOLDS = Thresholds.from_scores(
-    SCORER(_HELD_OUT, torch.arange(200) % 10),
-    torch.arange(200) % 10,
-    10,
-    q_high=0.3,
-    q_low=0.1,
-    min_class_points=5,
-    layer="relu3",
-    model_fingerprint=model_fingerprint(MODEL),
-)
+MODEL, SCORER, THRESHOLDS = calibrated_digits(held_out=200, q_high=0.3, q_low=0.1, min_class_points=5)
 
 
 def names(err: DripError, argument: str) -> bool:

@@ -11,12 +11,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import snapshot
 from drip.errors import DripInputError, DripStoreError
 from drip.store import SampleStore, _encode, _encode_batch
-
-
-def snapshot(store: SampleStore) -> list[tuple]:
-    return [(s.id, s.label, s.score, s.source, s.x.dtype, s.x.shape, s.x.tolist()) for s in store]
 
 
 def test_reopen_keeps_every_row_byte_for_byte(tmp_path):
@@ -97,8 +94,23 @@ def test_batch_ids_are_the_rows_ids_and_never_reused(tmp_path):
         (lambda s: s.add(torch.ones(2), 1, 0.0, source=3), "source"),
         (lambda s: s.add_batch([torch.ones(2), torch.ones(2)], [1, -2]), "sample 1: label"),
         (lambda s: s.add_batch([torch.ones(2)], [1, 2]), "1 samples, 2 labels"),
+        (lambda s: s.add(torch.ones(2), torch.tensor(1.0)), "label"),
+        (lambda s: s.add(torch.ones(2), 2**64), "label"),
+        (lambda s: s.add(torch.ones(2), np.uint64(2**64 - 1)), "label"),
+        (lambda s: s.add(torch.ones(2), 1, 10**400), "score"),
+        (lambda s: s.add(torch.ones(2), 1, 1.0 + 0j), "score"),
+        (lambda s: s.add(torch.ones(2), 1, 0.5, "\udc80"), "source"),
+        (lambda s: s.add_batch(3, [1]), "xs"),
+        (lambda s: s.add_batch(iter([torch.ones(1)]), [1]), "xs"),
+        (lambda s: s.add_batch([torch.ones(1)], "1"), "labels"),
+        (lambda s: s.add_batch([torch.ones(1)], [1], sources="a"), "sources"),
+        (lambda s: s.add(torch.ones(2).to_sparse(), 1), "sparse"),
+        (lambda s: s.add(torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8), 1), "quantized"),
+        (lambda s: s.add(torch.ones(2, dtype=torch.float8_e4m3fn), 1), "cannot be stored"),
+        (lambda s: s.add_batch([], [], checkpoint=("name", 3)), "checkpoint"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")
 def test_bad_input_leaves_the_store_unchanged(tmp_path, call, match):
     with SampleStore(tmp_path / "s.sqlite") as store:
         store.add(torch.arange(3.0), 2, 0.7, source="a")

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from drip.errors import DripInputError, DripStoreError
+from conftest import snapshot
+from drip.errors import DripStoreError
 from drip.filter import DripFilter
 from drip.models import digits_cnn
 from drip.score import DripScorer
@@ -26,8 +27,10 @@ from drip.store import SampleStore
 from drip.thresholds import Thresholds
 
 
-def snapshot(store: SampleStore) -> list[tuple]:
-    return [(s.id, s.label, s.score, s.source, s.x.dtype, s.x.shape, s.x.tolist()) for s in store]
+def keep_everything() -> tuple[DripScorer, Thresholds]:
+    """A digits scorer and bands that keep every sample (so every offer writes)."""
+    torch.manual_seed(0)
+    return DripScorer(digits_cnn().eval()), Thresholds((-math.inf,) * 10, (math.inf,) * 10, layer="relu3")
 
 
 def edited_copy(tmp_path: Path, sql: str) -> Path:
@@ -64,9 +67,7 @@ def test_sample_evicted_by_its_own_batch_is_reported_not_held(tmp_path):
 
 
 def test_filter_reports_sample_evicted_in_its_batch_as_store_full(tmp_path):
-    torch.manual_seed(0)
-    scorer = DripScorer(digits_cnn().eval())
-    wide = Thresholds(low=(-math.inf,) * 10, high=(math.inf,) * 10, layer="relu3")
+    scorer, wide = keep_everything()
     with SampleStore(tmp_path / "s.sqlite", capacity_count=1, when_full="evict") as store:
         drip_filter = DripFilter(scorer, wide, store, allow_model_mismatch=True)
         decisions = drip_filter.offer_batch(torch.rand(2, 1, 8, 8), [3, 3])
@@ -76,35 +77,6 @@ def test_filter_reports_sample_evicted_in_its_batch_as_store_full(tmp_path):
 
 
 # -- hostile values ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("call", "match"),
-    [
-        (lambda s: s.add(torch.ones(2), torch.tensor(1.0)), "label"),
-        (lambda s: s.add(torch.ones(2), 2**64), "label"),
-        (lambda s: s.add(torch.ones(2), np.uint64(2**64 - 1)), "label"),
-        (lambda s: s.add(torch.ones(2), 1, 10**400), "score"),
-        (lambda s: s.add(torch.ones(2), 1, 1.0 + 0j), "score"),
-        (lambda s: s.add(torch.ones(2), 1, 0.5, "\udc80"), "source"),
-        (lambda s: s.add_batch(3, [1]), "xs"),
-        (lambda s: s.add_batch(iter([torch.ones(1)]), [1]), "xs"),
-        (lambda s: s.add_batch([torch.ones(1)], "1"), "labels"),
-        (lambda s: s.add_batch([torch.ones(1)], [1], sources="a"), "sources"),
-        (lambda s: s.add(torch.ones(2).to_sparse(), 1), "sparse"),
-        (lambda s: s.add(torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8), 1), "quantized"),
-        (lambda s: s.add(torch.ones(2, dtype=torch.float8_e4m3fn), 1), "cannot be stored"),
-        (lambda s: s.add_batch([], [], checkpoint=("name", 3)), "checkpoint"),
-    ],
-)
-@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")
-def test_hostile_values_are_input_errors_and_change_nothing(tmp_path, call, match):
-    with SampleStore(tmp_path / "s.sqlite") as store:
-        store.add(torch.arange(3.0), 2, 0.7, source="a")
-        before = snapshot(store)
-        with pytest.raises(DripInputError, match=match):
-            call(store)
-        assert snapshot(store) == before
 
 
 def test_numpy_and_tensor_scalars_are_accepted_as_numbers(tmp_path):
@@ -199,9 +171,7 @@ def test_disk_full_is_a_store_error_and_stores_nothing(tmp_path):
 
 
 def test_filter_changes_no_counter_when_the_store_fails_mid_batch(tmp_path):
-    torch.manual_seed(0)
-    scorer = DripScorer(digits_cnn().eval())
-    wide = Thresholds(low=(-math.inf,) * 10, high=(math.inf,) * 10, layer="relu3")
+    scorer, wide = keep_everything()
     with SampleStore(tmp_path / "s.sqlite") as store:
         drip_filter = DripFilter(scorer, wide, store, allow_model_mismatch=True)
         drip_filter.offer_batch(torch.rand(3, 1, 8, 8), [0, 1, 2])

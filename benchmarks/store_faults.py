@@ -31,20 +31,10 @@ from drip.store import SampleStore
 from drip.thresholds import Thresholds, model_fingerprint
 
 
-def commit_latencies_ms(path: Path, samples: int, durable: bool) -> list[float]:
-    x = torch.rand(1, 8, 8)
-    latencies = []
-    with SampleStore(path, durable=durable) as store:
-        for i in range(samples):
-            start = time.perf_counter()
-            store.add(x, i % 10, 0.5, source=f"s{i}")
-            latencies.append((time.perf_counter() - start) * 1000)
-    return latencies
-
-
-def more_adds_ms(path: Path, samples: int, tag: str) -> list[float]:
+def add_latencies_ms(path: Path, samples: int, *, durable: bool = True, tag: str = "s") -> list[float]:
+    """The wall time (ms) of each of ``samples`` single-sample adds (ids ``tag0``, ``tag1``, ...)."""
     x, latencies = torch.rand(1, 8, 8), []
-    with SampleStore(path) as store:
+    with SampleStore(path, durable=durable) as store:
         for i in range(samples):
             start = time.perf_counter()
             store.add(x, i % 10, 0.5, source=f"{tag}{i}")
@@ -93,16 +83,17 @@ def run(samples: int, folder: Path) -> None:
     torch.set_num_threads(1)
     print(f"{samples} single-sample adds, {os.cpu_count()} CPUs, torch {torch.__version__}\n")
     print("| writer | median ms | p99 ms | max ms |\n|---|---|---|---|")
-    print(row("durable (FULL)", commit_latencies_ms(folder / "full.sqlite", samples, True)))
-    print(row("durable=False (NORMAL)", commit_latencies_ms(folder / "normal.sqlite", samples, False)))
+    print(row("durable (FULL)", add_latencies_ms(folder / "full.sqlite", samples)))
+    print(row("durable=False (NORMAL)", add_latencies_ms(folder / "normal.sqlite", samples, durable=False)))
     shared = folder / "shared.sqlite"
-    commit_latencies_ms(shared, samples, True)  # a store worth reading
-    print(row("durable, store of that size, no reader", more_adds_ms(shared, samples, "alone")))
+    add_latencies_ms(shared, samples)  # a store worth reading
+    print(row("durable, store of that size, no reader", add_latencies_ms(shared, samples, tag="alone")))
     reader = multiprocessing.get_context("fork").Process(target=read_forever, args=(shared,), daemon=True)
     reader.start()
     time.sleep(1.0)  # let the reader get into its loop
     try:
-        print(row("durable, same store, reader looping as_dataset()", more_adds_ms(shared, samples, "read")))
+        beside_reader = add_latencies_ms(shared, samples, tag="read")
+        print(row("durable, same store, reader looping as_dataset()", beside_reader))
     finally:
         reader.kill()
     first, rerun = filter_runs_s(folder)

@@ -7,12 +7,12 @@ import weakref
 
 import pytest
 import torch
+from conftest import gap_model, mlp_head_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook
 
-from conftest import gap_model, mlp_head_model
 from drip.cam import CAM_METHODS, LayerGradCam, find_gap_linear_head
 from drip.errors import DripModelError
 from drip.models import digits_cnn

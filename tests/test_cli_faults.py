@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import calibrated_digits
 from torch import nn
 
-from conftest import calibrated_digits
-from drip.cli import _load_model, _load_tensors, main
+from drip.cli import load_model, load_tensors, main
 from drip.errors import DripInputError, DripStoreError
 from drip.filter import DripFilter
 from drip.store import SampleStore
@@ -143,9 +143,9 @@ def test_any_damaged_pt_bytes_are_a_clear_error(tmp_path):
     for seed in range(300):
         junk.write_bytes(_junk_bytes(seed))
         with pytest.raises(DripInputError, match=r"cannot read a \.pt file"):
-            _load_tensors(junk)
+            load_tensors(junk)
         with pytest.raises(DripInputError, match="cannot load a model"):
-            _load_model(junk)
+            load_model(junk)
 
 
 def test_bad_batch_size_is_a_one_line_error(files, capsys):

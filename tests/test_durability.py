@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import calibrated_digits
+
 from drip.filter import DripFilter
 from drip.score import DripScorer
 from drip.store import SampleStore

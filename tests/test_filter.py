@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import calibrated_digits, mlp_head_model
+
 from drip.errors import DripInputError, DripModelMismatchError
 from drip.filter import DripFilter
 from drip.models import digits_cnn

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import calibrated_digits
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from conftest import calibrated_digits
 from drip.errors import DripError, DripInputError, DripThresholdsError
 from drip.filter import DripFilter
 from drip.store import SampleStore

@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import gap_model, mlp_head_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import gap_model, mlp_head_model
 from drip.errors import DripInputError, DripModelError
 from drip.models import digits_cnn
 from drip.score import STATISTICS, DripScorer, score_in_batches

@@ -8,10 +8,10 @@ import sqlite3
 import numpy as np
 import pytest
 import torch
+from conftest import snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import snapshot
 from drip.errors import DripInputError, DripStoreError
 from drip.store import SampleStore, _encode, _encode_batch
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import snapshot
+
 from drip.errors import DripStoreError
 from drip.filter import DripFilter
 from drip.models import digits_cnn

@@ -1,0 +1,101 @@
+"""``drip calibrate``: thresholds for a user's own model, cheap mode or the full Training Phase."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import add_common, fresh_copy_factory, load_model, load_tensors
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``drip calibrate`` to ``commands``."""
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="calibrate thresholds for your own model",
+        description="Cheap mode (--q-high): MODEL is trained, DATA is held-out data it never saw; "
+        "per-class bands drop the top q_high of DATA's scores. Search mode (--search): MODEL gives "
+        "the architecture only; the Training Phase splits DATA (your D0) 60/20/20, trains the "
+        "scorer, searches the band and saves the trained scorer with --save-model.",
+    )
+    calibrate.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="a torch.save'd nn.Module (only load files you trust)",
+    )
+    calibrate.add_argument("--data", type=Path, required=True, help=".pt file with tensors 'x' and 'y'")
+    calibrate.add_argument("--out", type=Path, required=True, help="thresholds JSON to write")
+    mode = calibrate.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--q-high", type=float, help="fraction of each class to drop from the top")
+    mode.add_argument("--search", action="store_true", help="run the full Training Phase")
+    calibrate.add_argument(
+        "--q-low", type=float, default=0.0, help="fraction to drop from the bottom (default: 0)"
+    )
+    calibrate.add_argument(
+        "--layer", default=None, help="target layer's dotted name (default: model.drip_layer)"
+    )
+    calibrate.add_argument("--statistic", default="mean", help="score statistic (default: mean)")
+    calibrate.add_argument("--steps", type=int, default=500, help="optimiser steps per training (--search)")
+    calibrate.add_argument(
+        "--save-model",
+        type=Path,
+        default=None,
+        help="where --search writes the trained scorer (default: OUT with .model.pt)",
+    )
+    calibrate.add_argument("--seed", type=int, default=0)
+    add_common(calibrate)
+    calibrate.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..calibrate import calibrate, training_phase
+    from ..data import LabelledData
+    from ..score import DripScorer
+    from ..train import TrainConfig
+    from ..validation import as_tensor
+
+    model = load_model(args.model)
+    x, y = (as_tensor(value, f"{args.data}: '{key}'") for key, value in zip("xy", load_tensors(args.data)))
+    if args.search:
+        num_classes = int(getattr(model, "num_classes", 0) or int(y.max()) + 1)
+        d0 = LabelledData(
+            args.data.stem, x.float(), y.long(), num_classes, tuple(map(str, range(num_classes)))
+        )
+        phase = training_phase(
+            d0,
+            fresh_copy_factory(model),
+            TrainConfig(steps=args.steps),
+            q_low=args.q_low,
+            statistic=args.statistic,
+            layer=args.layer,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+        save_model = args.save_model or args.out.with_suffix(".model.pt")
+        torch.save(phase.model, save_model)
+        thresholds = phase.thresholds
+        print(
+            f"band search: q_high = {phase.q_high:g}, reference accuracy on W "
+            f"{phase.reference_accuracy:.4f}; trials: "
+            + ", ".join(f"{t.q_high:g} -> {t.val_accuracy:.4f}" for t in phase.trials)
+        )
+        print(f"Training Phase cost: {phase.cost_ratio:.1f}x one training; scorer saved to {save_model}")
+    else:
+        scorer = DripScorer(model, args.layer, args.statistic)
+        thresholds = calibrate(
+            scorer,
+            x,
+            y,
+            q_high=args.q_high,
+            q_low=args.q_low,
+            num_classes=getattr(model, "num_classes", None) or int(y.max()) + 1,
+        )
+    thresholds.save(args.out)
+    print(
+        f"wrote {args.out}: {thresholds.num_classes} classes, q_high {thresholds.q_high:g}, "
+        f"q_low {thresholds.q_low:g}"
+    )
+    return 0

@@ -1,0 +1,65 @@
+"""What every ``drip`` command shares: the common flags, one-line errors, loading users' files."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+from ..errors import DripInputError
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """``--threads`` and ``--quiet``, on every command."""
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (torch and SQLite messages may span several)."""
+    return " ".join(str(err).split())
+
+
+def load_tensors(path: Path, content: bytes | None = None):
+    """The 'x' and 'y' of a .pt file; ``content``: its bytes, when the caller has read them."""
+    import io
+
+    import torch
+
+    try:
+        data = torch.load(
+            io.BytesIO(content) if content is not None else path, map_location="cpu", weights_only=True
+        )
+    # Unpickling damaged bytes raises whatever the opcode it trips on raises (IndexError,
+    # KeyError, UnicodeDecodeError, ...), so only "any Exception" names them all.
+    except Exception as err:
+        raise DripInputError(f"{path}: cannot read a .pt file: {err}") from None
+    if not isinstance(data, dict) or not {"x", "y"} <= set(data):
+        raise DripInputError(f"{path}: expected a dict with tensors 'x' and 'y'")
+    return data["x"], data["y"]
+
+
+def load_model(path: Path):
+    import torch
+    from torch import nn
+
+    try:
+        model = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # as in _load_tensors: damaged pickles raise anything
+        raise DripInputError(f"{path}: cannot load a model: {err}") from None
+    if not isinstance(model, nn.Module):
+        raise DripInputError(f"{path}: expected a torch.save'd nn.Module, got {type(model).__name__}")
+    return model.eval()
+
+
+def fresh_copy_factory(model):
+    """A factory of untrained copies of ``model``: deep copy, then reset every layer's parameters."""
+
+    def factory():
+        fresh = copy.deepcopy(model)
+        for module in fresh.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        return fresh
+
+    return factory

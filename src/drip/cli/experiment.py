@@ -1,0 +1,115 @@
+"""``drip experiment``: the evaluation protocol on a data set, every arm at equal storage."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import add_common
+
+DATASETS = ("digits", "mnist", "cifar10", "speech-commands", "plant-village")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``drip experiment`` to ``commands``."""
+    experiment = commands.add_parser(
+        "experiment",
+        help="the evaluation protocol on a data set: DRIP against FULL and equal-storage controls",
+        description="Per seed: D0 (20%) and stream S from the training data, Training Phase on D0, S "
+        "through the filter into a store, then every arm retrained with the same optimiser-step "
+        "budget: FULL, DRIP, RANDOM / class-balanced reservoir / loss / margin / entropy / EL2N at "
+        "DRIP's kept count, the loss band and drip-rank, and DRIP's band sweep against RANDOM of the "
+        "same size. Writes results.json, summary.json, summary.md and plots to OUT.",
+    )
+    experiment.add_argument("--dataset", required=True, choices=sorted(DATASETS))
+    experiment.add_argument(
+        "--data-dir", type=Path, default=None, help="where the data set lies (default: $DRIP_DATA/<dataset>)"
+    )
+    experiment.add_argument("--seeds", type=int, default=3, help="number of seeds (default: 3)")
+    experiment.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimiser steps per training (default: per data set, mnist 2000)",
+    )
+    experiment.add_argument(
+        "--budget",
+        choices=("steps", "epochs"),
+        default="steps",
+        help="same steps for every arm (default), or same epochs (fewer steps "
+        "for smaller sets; FULL gets --steps)",
+    )
+    experiment.add_argument(
+        "--noise",
+        choices=("none", "label", "gaussian"),
+        default="none",
+        help="corrupt part of the stream only (D0 and test stay clean)",
+    )
+    experiment.add_argument("--noise-rate", type=float, default=0.2, help="fraction corrupted (default: 0.2)")
+    experiment.add_argument(
+        "--q-high",
+        type=float,
+        default=None,
+        help="fixed fraction to drop from the top (default: band search)",
+    )
+    experiment.add_argument(
+        "--q-low",
+        type=float,
+        default=None,
+        help="fraction below the class's clean calibration scores to drop (default: 0)",
+    )
+    experiment.add_argument(
+        "--sweep",
+        type=float,
+        nargs="*",
+        default=None,
+        help="q_high values of the band sweep (default: 0.1 ... 0.6; none: no sweep)",
+    )
+    experiment.add_argument("--arms", nargs="+", default=None, help="arms to run (default: all)")
+    experiment.add_argument(
+        "--pool-limit", type=int, default=None, help="use a stratified subset of this many training samples"
+    )
+    experiment.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<name>)")
+    add_common(experiment)
+    experiment.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import dataset_dir, load_dataset
+    from ..experiment import ExperimentConfig, run_experiment
+    from ..report import markdown, write_report
+
+    sweep = None if args.sweep is None else tuple(args.sweep)
+    config = ExperimentConfig.for_dataset(
+        args.dataset,
+        seeds=args.seeds,
+        steps=args.steps,
+        budget=args.budget,
+        noise=args.noise,
+        noise_rate=args.noise_rate,
+        q_high=args.q_high,
+        q_low=args.q_low,
+        sweep=sweep,
+        arms=tuple(args.arms) if args.arms else None,
+        pool_limit=args.pool_limit,
+    )
+    name = args.dataset
+    if config.noise != "none":
+        name += f"-{config.noise}{round(100 * config.noise_rate)}"
+    if config.budget != "steps":
+        name += f"-{config.budget}"
+    out = args.out or Path("runs") / name
+    splits = load_dataset(args.dataset, args.data_dir, progress=not args.quiet)
+    source = "scikit-learn"
+    if args.dataset != "digits":
+        folder = dataset_dir(args.dataset, args.data_dir)
+        source = str(folder)
+        if (folder / "README.txt").is_file():  # a synthetic corpus says so in its README.txt
+            source += f" ({(folder / 'README.txt').read_text().strip().rstrip('.')})"
+    results = run_experiment(
+        config, splits.train, out, test=splits.test, progress=not args.quiet, source=source
+    )
+    summary = write_report(results, out)
+    print(markdown(summary))
+    print(f"wrote {out}/: results.json, summary.json, summary.md and plots ({results['elapsed_s']:.0f} s)")
+    return 0

@@ -23,6 +23,13 @@ forward does, which costs no hook at all. The model's train/eval mode and its ``
 flags are left as found; calls work inside ``torch.no_grad()`` and ``torch.inference_mode()``.
 Maps are raw (ReLU'd, never min-max normalised): their magnitude is what makes scores comparable
 across samples.
+
+What is differentiated, the **target**, is a function of the logits z for each sample's class y:
+``"class"`` is z_y (Grad-CAM as published); ``"margin"`` is z_y - max_{j != y} z_j, the map of how
+far the class wins over its strongest rival (the difference of the two classes' maps); ``"logprob"``
+is log softmax(z)_y, the map of the negative cross-entropy. Each path only needs the target's
+gradient with respect to the logits, dt/dz (a one-hot row for ``"class"``): the chain rule through
+the head is the same linear map for every target, so all three paths serve all three targets.
 """
 
 from __future__ import annotations
@@ -41,7 +48,9 @@ from .validation import int_range
 
 CamMethod = Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam"]
 CamPath = Literal["auto", "closed_form", "piecewise", "autograd"]
+CamTarget = Literal["class", "margin", "logprob"]
 CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
+CAM_TARGETS: tuple[str, ...] = ("class", "margin", "logprob")
 
 # Dropout counts as pass-through: scoring is meant for eval mode (the scorer warns otherwise).
 _POOL_OR_RESHAPE = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout)
@@ -164,6 +173,25 @@ def _one_call_hook(layer: nn.Module, hook: Callable) -> Iterator[None]:
         handle.remove()
 
 
+def target_logit_gradient(target: str, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """dt/dz ``(B, C)``: the gradient of each sample's target with respect to its logits.
+
+    ``"class"``: the one-hot row of y. ``"margin"``: +1 at y, -1 at the strongest rival
+    argmax_{j != y} z_j (the first on ties). ``"logprob"``: one_hot(y) - softmax(z).
+    """
+    one_hot = torch.zeros_like(logits).scatter_(1, classes[:, None], 1.0)
+    if target == "class":
+        return one_hot
+    if logits.shape[1] < 2:
+        raise DripModelError(f"target {target!r} compares classes, but the model has {logits.shape[1]}")
+    if target == "margin":
+        rivals = logits.masked_fill(one_hot.bool(), -math.inf).argmax(1)
+        return one_hot.scatter_(1, rivals[:, None], -1.0)
+    if target == "logprob":
+        return one_hot.sub_(torch.softmax(logits, 1))
+    raise DripInputError(f"target: expected one of {CAM_TARGETS}, got {target!r}")
+
+
 def _weighted_sum(weights: torch.Tensor, activations: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """ReLU(scale * sum_k weights[b, k] * A[b, k]) for ``weights: (B, K)``, ``activations: (B, K, *S)``.
 
@@ -216,7 +244,9 @@ class LayerGradCam:
     and a linear layer (found in a Sequential, declared by ``head``, or by a ``drip_head``
     attribute), else autograd. Unlike captum's ``LayerGradCam`` the ReLU is always applied and
     classes are per sample. ``method`` selects a variant on the same activations and gradients:
-    Grad-CAM++, XGrad-CAM, HiResCAM or LayerCAM.
+    Grad-CAM++, XGrad-CAM, HiResCAM or LayerCAM. ``target`` selects what is differentiated for
+    each sample's class y: z_y (``"class"``, the published Grad-CAM), the margin
+    z_y - max_{j != y} z_j, or log softmax(z)_y (see the module's docstring).
 
     Example::
 
@@ -232,9 +262,12 @@ class LayerGradCam:
         head: nn.Module | str | None = None,
         path: CamPath = "auto",
         method: CamMethod = "gradcam",
+        target: CamTarget = "class",
     ) -> None:
         if method not in CAM_METHODS:
             raise DripInputError(f"method: expected one of {CAM_METHODS}, got {method!r}")
+        if target not in CAM_TARGETS:
+            raise DripInputError(f"target: expected one of {CAM_TARGETS}, got {target!r}")
         if path not in ("auto", "closed_form", "piecewise", "autograd"):
             raise DripInputError(
                 f"path: expected 'auto', 'closed_form', 'piecewise' or 'autograd', got {path!r}"
@@ -242,6 +275,7 @@ class LayerGradCam:
         self.model = model
         self.layer, self.layer_name = resolve_layer(model, layer)
         self.method = method
+        self.target = target
         linear = resolve_layer(model, head)[0] if head is not None else None
         if linear is None and path in ("auto", "closed_form"):
             linear = find_gap_linear_head(model, self.layer)
@@ -273,6 +307,12 @@ class LayerGradCam:
             # gradient through a max pool's argmax keeps each channel's sum: a pool right after
             # the layer needs no indices and no scatter.
             self._pool_sums = method == "gradcam" and type(self.piecewise_head[0]) in _MAX_POOLS
+
+    def _head_rows(self, weight: torch.Tensor, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """(dt/dz) @ ``weight``: the target's gradient at the input of the last linear layer."""
+        if self.target == "class":  # one row per sample: a gather, not a matrix product
+            return weight.index_select(0, classes)
+        return target_logit_gradient(self.target, logits, classes) @ weight
 
     @property
     def closed_form(self) -> bool:
@@ -378,7 +418,7 @@ class LayerGradCam:
             if not self._head_verified:
                 self._verify_head(activations, logits)
             classes = self._classes(classes, logits)
-            weights = self.head.weight.index_select(0, classes)
+            weights = self._head_rows(self.head.weight, logits, classes)
         positions = math.prod(activations.shape[2:])
         # Outside inference mode, so the maps (and the logits' copy) are ordinary tensors that
         # callers may change in place or use with autograd.
@@ -452,8 +492,8 @@ class LayerGradCam:
             self._check_logits(output, x)
             logits = output
             classes = self._classes(classes, logits)
-            # The last step is a Linear of a (B, features) input: its rows are the first gradient.
-            gradients = steps[-1][1].index_select(0, classes)
+            # The last step is a Linear of a (B, features) input: dt/dz through it is the first gradient.
+            gradients = self._head_rows(steps[-1][1], logits, classes)
             for kind, saved in reversed(steps[:-1]):
                 if kind == "pool_sums":
                     weights = gradients.flatten(2).sum(2).div_(math.prod(activations.shape[2:]))
@@ -493,11 +533,15 @@ class LayerGradCam:
                     raise DripModelError(
                         f"model: the logits do not depend differentiably on layer {self.layer_name!r}"
                     )
-                # nll_loss(reduction="sum") is minus the sum of each sample's selected logit, in
-                # one graph node where gather + sum take two (4% at batch 1, measured). A scalar,
-                # not the logits with a one-hot grad_outputs: torch checks grad_outputs with its
-                # symbolic-shapes module, whose first use imports sympy (+37 MiB RSS, ~1 s).
-                selected = nn.functional.nll_loss(logits, classes, reduction="sum")
+                # A scalar whose gradient is minus each sample's target's: not the logits with
+                # grad_outputs, which torch checks with its symbolic-shapes module, whose first
+                # use imports sympy (+37 MiB RSS, ~1 s). For the class target nll_loss is that
+                # scalar in one graph node where gather + sum take two (4% at batch 1, measured).
+                if self.target == "class":
+                    selected = nn.functional.nll_loss(logits, classes, reduction="sum")
+                else:
+                    seed = target_logit_gradient(self.target, logits.detach(), classes)
+                    selected = -(logits * seed).sum()
                 (gradients,) = torch.autograd.grad(selected, activations, allow_unused=True)
         finally:
             torch.set_grad_enabled(was_enabled)

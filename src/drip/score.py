@@ -63,7 +63,10 @@ STATISTICS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "coverage": score_coverage,
 }
 
-Target = Literal["label", "predicted"]
+Target = Literal["label", "predicted", "margin", "logprob"]
+TARGETS: tuple[str, ...] = ("label", "predicted", "margin", "logprob")
+# What each scorer target differentiates (drip.cam's target) and for which class.
+_CAM_TARGET = {"label": "class", "predicted": "class", "margin": "margin", "logprob": "logprob"}
 
 
 @dataclass(frozen=True)
@@ -115,8 +118,8 @@ class DripScorer:
     ) -> None:
         if statistic not in STATISTICS:
             raise DripInputError(f"statistic: expected one of {sorted(STATISTICS)}, got {statistic!r}")
-        if target not in ("label", "predicted"):
-            raise DripInputError(f"target: expected 'label' or 'predicted', got {target!r}")
+        if target not in TARGETS:
+            raise DripInputError(f"target: expected one of {TARGETS}, got {target!r}")
         if layer is None:
             layer = getattr(model, "drip_layer", None)
             if layer is None:
@@ -127,7 +130,7 @@ class DripScorer:
         self.model = model
         self.statistic = statistic
         self.target = target
-        self.cam = LayerGradCam(model, layer, head=head, path=path, method=cam)
+        self.cam = LayerGradCam(model, layer, head=head, path=path, method=cam, target=_CAM_TARGET[target])
         shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
         self.input_shape: tuple[int, ...] | None = tuple(shape) if shape is not None else None
         self._warned_training = False
@@ -179,7 +182,7 @@ class DripScorer:
             )
             self._warned_training = True
         try:
-            result = self.cam(inputs, labels if self.target == "label" else None)
+            result = self.cam(inputs, None if self.target == "predicted" else labels)
         except DripError:
             raise
         except (RuntimeError, ValueError, TypeError, IndexError) as err:

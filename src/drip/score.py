@@ -65,6 +65,8 @@ STATISTICS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 Target = Literal["label", "predicted", "margin", "logprob"]
 TARGETS: tuple[str, ...] = ("label", "predicted", "margin", "logprob")
+# The product's target, chosen on the evidence of benchmarks/targets.py (README, "Which score").
+DEFAULT_TARGET: Target = "margin"
 # What each scorer target differentiates (drip.cam's target) and for which class.
 _CAM_TARGET = {"label": "class", "predicted": "class", "margin": "margin", "logprob": "logprob"}
 
@@ -109,7 +111,7 @@ class DripScorer:
         model: nn.Module,
         layer: nn.Module | str | None = None,
         statistic: str = "mean",
-        target: Target = "label",
+        target: Target = DEFAULT_TARGET,
         *,
         head: nn.Module | str | None = None,
         path: CamPath = "auto",

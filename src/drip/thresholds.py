@@ -25,6 +25,7 @@ from torch import nn
 
 from .atomic import write_atomically
 from .errors import DripInputError, DripModelMismatchError, DripThresholdsError
+from .score import DEFAULT_TARGET
 from .validation import as_tensor, check_fraction, check_labels
 
 FORMAT = "drip-thresholds"
@@ -60,7 +61,7 @@ class Thresholds:
     q_high: float = 0.0
     counts: tuple[int, ...] = ()
     pooled: tuple[bool, ...] = ()
-    target: str = "label"
+    target: str = DEFAULT_TARGET
     cam: str = "gradcam"
     metadata: Mapping[str, Any] = field(default_factory=dict)
 

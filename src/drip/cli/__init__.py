@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     try:
-        return args.run(args)
+        return args.handler(args)
     except DripError as err:
         print(f"drip: error: {one_line(err)}", file=sys.stderr)
         return 2

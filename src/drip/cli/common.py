@@ -15,6 +15,19 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def add_target(parser: argparse.ArgumentParser) -> None:
+    """``--target``: what the Grad-CAM map differentiates (see ``drip.score``)."""
+    from ..score import DEFAULT_TARGET, TARGETS
+
+    parser.add_argument(
+        "--target",
+        choices=TARGETS,
+        default=DEFAULT_TARGET,
+        help=f"Grad-CAM target: label (the paper's: the label's logit), margin (the label's logit minus "
+        f"the strongest rival's), logprob, predicted (default: {DEFAULT_TARGET})",
+    )
+
+
 def one_line(err: BaseException) -> str:
     """An error's message on one line (torch and SQLite messages may span several)."""
     return " ".join(str(err).split())

@@ -53,7 +53,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="exit with code 1 if any sample was malformed (default: report them, exit 0)",
     )
     add_common(filt)
-    filt.set_defaults(run=run)
+    filt.set_defaults(handler=run)
 
 
 def _stream_records(values: Any, name: str, path: Path) -> Any:
@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
         raise DripInputError(f"{args.stream}: cannot read a .pt file: {err}") from None
     x, y = load_tensors(args.stream, content)
     x, y = _stream_records(x, "x", args.stream), _stream_records(y, "y", args.stream)
-    scorer = DripScorer(model, args.layer or thresholds.layer or None, thresholds.statistic)
+    layer = args.layer or thresholds.layer or None
+    scorer = DripScorer(model, layer, thresholds.statistic, thresholds.target, cam=thresholds.cam)
     if len(x) != len(y):
         raise DripInputError(f"{args.stream}: {len(x)} samples but {len(y)} labels")
     # Sample ids are "<stream file name>:<index>"; the stream's hash tells a rerun from a new file.

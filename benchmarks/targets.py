@@ -8,7 +8,8 @@ its share of S at each q (the fraction it is meant to drop), calibrated on P's s
 * ``top``: per class, drop what scores above the class's (1 - q) quantile (DRIP's band);
 * ``pooled``: the same with one quantile for all classes (hard classes keep more);
 * ``thin``: per class, keep with a probability falling linearly with the score's percentile
-  (``drip.selectors.thinning_keep_probability``): some redundant samples survive.
+  among P's scores (the stochastic thinning of the earlier ``drip-rank`` arm): some redundant
+  samples survive. It lost to ``top`` (README, "Which score"), so it lives here only.
 
 Controls at the count of ``margin/top`` at each q: RANDOM and LOSS (the highest-loss samples of the
 whole stream), and the loss band (``top`` on the negative loss, per class). Every training starts
@@ -47,11 +48,31 @@ CONTROLS = ("random", "loss", "loss-band")
 POOLED = 10**9  # min_class_points no class reaches: one quantile for all classes
 
 
+def class_percentile(values, labels, reference, reference_labels) -> torch.Tensor:
+    """Per sample: the fraction of its class's reference values below it (mid-rank for ties)."""
+    result = torch.empty(len(values), dtype=torch.float64)
+    for label in labels.unique().tolist():
+        basis = torch.sort(reference[reference_labels == label].double()).values
+        mask = labels == label
+        below = torch.searchsorted(basis, values[mask].double(), right=False)
+        not_above = torch.searchsorted(basis, values[mask].double(), right=True)
+        result[mask] = (below + not_above).double() / (2 * len(basis))
+    return result
+
+
+def thinning_keep_probability(percentile: torch.Tensor, drop_fraction: float) -> torch.Tensor:
+    """1 up to a knee, then linear to 0 at the top: a uniform percentile loses ``drop_fraction``."""
+    if drop_fraction <= 0.5:
+        knee = 1 - 2 * drop_fraction
+        return ((1 - percentile) / (1 - knee)).clamp(0, 1)
+    return (1 - percentile / (2 * (1 - drop_fraction))).clamp(0, 1)
+
+
 def keep_mask(rule: str, scores, labels, proxy_scores, proxy_labels, num_classes, q, generator):
     """Which stream samples ``rule`` keeps when meant to drop a fraction ``q`` (calibrated on P)."""
     if rule == "thin":
-        percentile = selectors._class_percentile(scores, labels, proxy_scores, proxy_labels)
-        probability = selectors.thinning_keep_probability(percentile, q)
+        percentile = class_percentile(scores, labels, proxy_scores, proxy_labels)
+        probability = thinning_keep_probability(percentile, q)
         return torch.rand(len(labels), generator=generator, dtype=torch.float64) < probability
     points = POOLED if rule == "pooled" else 30
     bands = Thresholds.from_scores(proxy_scores, proxy_labels, num_classes, q_high=q, min_class_points=points)

@@ -8,11 +8,11 @@ import pytest
 import torch
 from fixtures import write_cifar_folder, write_mnist_idx, write_plant_tree, write_speech_corpus
 
+from drip import experiment
+from drip.arms import ARMS, BANDS, EQUAL_COUNT
 from drip.cli import main
 from drip.data import load_digits
 from drip.errors import DripInputError
-from drip import experiment
-from drip.arms import ARMS, BANDS, EQUAL_COUNT
 from drip.experiment import DATASET_DEFAULTS, ExperimentConfig, corrupt, planned_trainings, run_experiment
 from drip.report import load_results, markdown, summarize, write_report
 

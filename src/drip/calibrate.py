@@ -35,9 +35,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .cam import CamMethod
 from .data.base import LabelledData, stratified_split
 from .errors import DripInputError
-from .score import DEFAULT_TARGET, DripScorer, Target, score_in_batches
+from .score import DEFAULT_CAM, DEFAULT_TARGET, DripScorer, Target, score_in_batches
 from .thresholds import Thresholds, model_fingerprint
 from .train import TrainConfig, fit, predict_logits
 from .validation import check_fraction
@@ -238,6 +239,7 @@ def training_phase(
     confidence: float = DEFAULT_CONFIDENCE,
     statistic: str = "mean",
     target: Target = DEFAULT_TARGET,
+    cam: CamMethod = DEFAULT_CAM,
     layer: str | None = None,
     min_class_points: int = 30,
     seed: int = 0,
@@ -274,7 +276,7 @@ def training_phase(
         return model
 
     def scorer_of(model: nn.Module) -> DripScorer:
-        return DripScorer(model, layer, statistic, target)
+        return DripScorer(model, layer, statistic, target, cam=cam)
 
     trials: list[BandTrial] = []
     reference_accuracy = None

@@ -40,19 +40,20 @@ from .calibrate import (
     expected_trainings,
     training_phase,
 )
+from .cam import CAM_METHODS
 from .data.base import LabelledData, stratified_split
 from .errors import DripInputError
 from .filter import DripFilter
 from .models import build_model
-from .score import DEFAULT_TARGET, TARGETS, DripScorer, score_in_batches
+from .score import DEFAULT_CAM, DEFAULT_TARGET, TARGETS, DripScorer, score_in_batches
 from .store import SampleStore
 from .train import TrainConfig, evaluate, fit, predict_logits
 from .validation import check_fraction
 
 DEMO_ARMS = ("full", "drip", "drip-paper", "random", "loss")
 DEFAULT_SWEEP = (0.2, 0.3, 0.4, 0.5, 0.6)
-# The paper's Grad-CAM target: the label's logit.
-PAPER_TARGET = "label"
+# The paper's score: Grad-CAM (plain gradient-average weights) of the label's logit.
+PAPER_TARGET, PAPER_CAM = "label", "gradcam"
 GALLERY_SIZE = 8
 Noise = Literal["none", "label", "gaussian"]
 
@@ -87,6 +88,7 @@ class ExperimentConfig:
     confidence: float = DEFAULT_CONFIDENCE
     statistic: str = "mean"
     target: str = DEFAULT_TARGET
+    cam: str = DEFAULT_CAM
     arms: tuple[str, ...] = ARMS
     sweep: tuple[float, ...] = DEFAULT_SWEEP
     noise: Noise = "none"
@@ -100,6 +102,8 @@ class ExperimentConfig:
             raise DripInputError(f"arms: expected 'drip' and any of {ARMS}, got {list(self.arms)}")
         if self.target not in TARGETS:
             raise DripInputError(f"target: expected one of {TARGETS}, got {self.target!r}")
+        if self.cam not in CAM_METHODS:
+            raise DripInputError(f"cam: expected one of {CAM_METHODS}, got {self.cam!r}")
         if self.seeds < 1:
             raise DripInputError(f"seeds: expected at least 1, got {self.seeds}")
         if self.budget not in ("steps", "epochs"):
@@ -287,6 +291,10 @@ class _ArmTrainer:
         return record
 
 
+def _is_paper_score(config: ExperimentConfig) -> bool:
+    return config.target == PAPER_TARGET and config.cam == PAPER_CAM
+
+
 def _signals(
     config: ExperimentConfig,
     phase: TrainingPhaseResult,
@@ -306,10 +314,12 @@ def _signals(
         ),
     }
     if "drip-paper" in config.arms:
-        if config.target == PAPER_TARGET:
+        if _is_paper_score(config):
             evidence["drip-paper"] = evidence["drip"]
         else:
-            paper = DripScorer(phase.model, phase.scorer.layer_name, config.statistic, PAPER_TARGET)
+            paper = DripScorer(
+                phase.model, phase.scorer.layer_name, config.statistic, PAPER_TARGET, cam=PAPER_CAM
+            )
             evidence["drip-paper"] = Evidence(
                 score_in_batches(paper, stream.x, stream.y)[0].double(),
                 score_in_batches(paper, proxy.x, proxy.y)[0],
@@ -340,7 +350,7 @@ def _arms_at(
             records[arm] = done[arm]
         elif arm == "drip":
             records[arm] = trainer.train(f"drip q={q_high:g}", drip_keep, stored)
-        elif arm == "drip-paper" and config.target == PAPER_TARGET:
+        elif arm == "drip-paper" and _is_paper_score(config):
             records[arm] = records["drip"]  # the same score and band: the same samples
         elif arm in BANDS:
             records[arm] = trainer.train(f"{arm} q={q_high:g}", signals.band(arm, q_high))
@@ -374,6 +384,7 @@ def run_seed(
         confidence=config.confidence,
         statistic=config.statistic,
         target=config.target,
+        cam=config.cam,
         seed=seed,
         progress=progress,
     )
@@ -422,7 +433,7 @@ def run_seed(
 
 def planned_trainings(config: ExperimentConfig) -> int:
     """How many trainings one seed runs (at most: the sweep may reuse DRIP's own band)."""
-    arms = len(set(config.arms) - ({"drip-paper"} if config.target == PAPER_TARGET else set()))
+    arms = len(set(config.arms) - ({"drip-paper"} if _is_paper_score(config) else set()))
     noise = 1 if config.noise != "none" and config.noise_rate > 0 else 0
     sweep = len(config.sweep) * (arms - ("full" in config.arms))
     return expected_trainings(config.q_high) + arms + noise + sweep

@@ -89,6 +89,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "steps": config["steps"],
         "statistic": config["statistic"],
         "target": config["target"],
+        "cam": config["cam"],
         "noise": {"kind": config["noise"], "rate": config["noise_rate"]},
         "q_low": config["q_low"],
         "storage_saving": _stats([1 - s["stream"]["kept"] / s["stream"]["seen"] for s in seeds]),
@@ -220,7 +221,7 @@ def markdown(summary: dict[str, Any]) -> str:
         budget = f"every arm trained for {summary['steps']} optimiser steps"
     setup = (
         f"{len(summary['seeds'])} seed(s); {budget}; DRIP's score: the `{summary['statistic']}` of the "
-        f"Grad-CAM map of the `{summary['target']}` target; "
+        f"`{summary['cam']}` map of the `{summary['target']}` target; "
         f"Training Phase cost {summary['training_phase_cost_ratio']['mean']:.1f}x one training; "
         f"chosen q_high {chosen}"
     )

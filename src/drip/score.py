@@ -65,8 +65,10 @@ STATISTICS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 Target = Literal["label", "predicted", "margin", "logprob"]
 TARGETS: tuple[str, ...] = ("label", "predicted", "margin", "logprob")
-# The product's target, chosen on the evidence of benchmarks/targets.py (README, "Which score").
+# The product's score, chosen on the evidence of benchmarks/targets.py (README, "Which score"): the
+# margin target with XGrad-CAM weights, which equal Grad-CAM's for GAP + linear heads.
 DEFAULT_TARGET: Target = "margin"
+DEFAULT_CAM: CamMethod = "xgradcam"
 # What each scorer target differentiates (drip.cam's target) and for which class.
 _CAM_TARGET = {"label": "class", "predicted": "class", "margin": "margin", "logprob": "logprob"}
 
@@ -115,7 +117,7 @@ class DripScorer:
         *,
         head: nn.Module | str | None = None,
         path: CamPath = "auto",
-        cam: CamMethod = "gradcam",
+        cam: CamMethod = DEFAULT_CAM,
         input_shape: Sequence[int] | None = None,
     ) -> None:
         if statistic not in STATISTICS:

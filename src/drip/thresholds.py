@@ -25,7 +25,7 @@ from torch import nn
 
 from .atomic import write_atomically
 from .errors import DripInputError, DripModelMismatchError, DripThresholdsError
-from .score import DEFAULT_TARGET
+from .score import DEFAULT_CAM, DEFAULT_TARGET
 from .validation import as_tensor, check_fraction, check_labels
 
 FORMAT = "drip-thresholds"
@@ -62,7 +62,7 @@ class Thresholds:
     counts: tuple[int, ...] = ()
     pooled: tuple[bool, ...] = ()
     target: str = DEFAULT_TARGET
-    cam: str = "gradcam"
+    cam: str = DEFAULT_CAM
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

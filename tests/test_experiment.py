@@ -223,3 +223,22 @@ def test_paper_arm_uses_the_label_target_on_the_same_model(tmp_path):
     same = run_experiment(label, load_digits().subset(range(500)), tmp_path / "label", progress=False)
     arms = same["seeds"][0]["arms"]
     assert arms["drip-paper"] == arms["drip"]  # the same score and band: not trained twice
+
+
+def test_the_same_run_twice_gives_the_same_results(tmp_path):
+    """On one machine with one thread a run is reproducible to the bit (only wall times differ)."""
+    config = ExperimentConfig(seeds=1, steps=15, q_high=0.4, sweep=(0.3,), arms=("full", "drip", "random"))
+    data = load_digits().subset(range(400))
+
+    def without_times(results):
+        seed = dict(results["seeds"][0])
+        seed.pop("elapsed_s")
+        phase = dict(seed.pop("training_phase"))
+        for key in ("elapsed_s", "one_training_s", "cost_ratio"):
+            phase.pop(key)
+        seed["thresholds"] = {k: v for k, v in seed["thresholds"].items() if k != "metadata"}
+        return seed, phase
+
+    first = run_experiment(config, data, tmp_path / "a", progress=False)
+    second = run_experiment(config, data, tmp_path / "b", progress=False)
+    assert without_times(first) == without_times(second)

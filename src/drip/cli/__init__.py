@@ -25,8 +25,9 @@ COMMANDS = (demo, calibrate, stream_filter, experiment, report, data)
 
 DESCRIPTION = """\
 DRIP keeps only the informative samples of a labelled stream: it scores each sample with the mean
-of the model's Grad-CAM map for its label and keeps it if the score lies inside per-class bands
-calibrated by a Training Phase. High score = redundant (dropped), low score = informative."""
+of a Grad-CAM-family map of the model (default: XGrad-CAM of the label's margin over its strongest
+rival) and keeps it if the score lies inside per-class bands calibrated by a Training Phase.
+High score = redundant (dropped), low score = informative. Start with `drip demo`."""
 
 
 def build_parser() -> argparse.ArgumentParser:

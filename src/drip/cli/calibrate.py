@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
             q_low=args.q_low,
             statistic=args.statistic,
             target=args.target,
+            cam=args.cam,
             layer=args.layer,
             seed=args.seed,
             progress=not args.quiet,
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"Training Phase cost: {phase.cost_ratio:.1f}x one training; scorer saved to {save_model}")
     else:
-        scorer = DripScorer(model, args.layer, args.statistic, args.target)
+        scorer = DripScorer(model, args.layer, args.statistic, args.target, cam=args.cam)
         thresholds = calibrate(
             scorer,
             x,

@@ -16,15 +16,23 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def add_target(parser: argparse.ArgumentParser) -> None:
-    """``--target``: what the Grad-CAM map differentiates (see ``drip.score``)."""
-    from ..score import DEFAULT_TARGET, TARGETS
+    """``--target`` and ``--cam``: what the map differentiates and how (see ``drip.score``)."""
+    from ..cam import CAM_METHODS
+    from ..score import DEFAULT_CAM, DEFAULT_TARGET, TARGETS
 
     parser.add_argument(
         "--target",
         choices=TARGETS,
         default=DEFAULT_TARGET,
-        help=f"Grad-CAM target: label (the paper's: the label's logit), margin (the label's logit minus "
-        f"the strongest rival's), logprob, predicted (default: {DEFAULT_TARGET})",
+        help=f"what the map explains: margin (the label's logit minus the strongest rival's), label "
+        f"(the paper's: the label's logit), logprob, predicted (default: {DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--cam",
+        choices=CAM_METHODS,
+        default=DEFAULT_CAM,
+        help=f"the map's channel weights (default: {DEFAULT_CAM}; the paper's: gradcam; the two agree "
+        "for global-average-pooling heads)",
     )
 
 

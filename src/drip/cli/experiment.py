@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         arms=tuple(args.arms) if args.arms else None,
         pool_limit=args.pool_limit,
         target=args.target,
+        cam=args.cam,
     )
     name = args.dataset
     if config.noise != "none":

@@ -76,6 +76,8 @@ class OnnxScorer:
         self.layer_name: str = meta["drip.layer"]
         self.cam_method: str = meta["drip.cam"]
         self.precision: str = meta["drip.precision"]
+        # No torch model to hash: filter_thresholds checks the graph's recorded fingerprint instead.
+        self.model = None
 
     def filter_thresholds(self, thresholds: Thresholds, *, allow_model_mismatch: bool = False) -> Thresholds:
         """``thresholds`` checked against the graph's, ready for ``DripFilter``.

@@ -70,7 +70,7 @@ def bands_for_scorer(
         layer=scorer.layer_name,
         model_fingerprint=model_fingerprint(scorer.model),
         target=scorer.target,
-        cam=scorer.cam.method,
+        cam=scorer.cam_method,
         metadata=metadata or {},
     )
 

@@ -163,6 +163,11 @@ class DripScorer:
         return self.cam.layer_name
 
     @property
+    def cam_method(self) -> str:
+        """The map's variant: "gradcam", "xgradcam", ... (what thresholds record as ``cam``)."""
+        return self.cam.method
+
+    @property
     def num_classes(self) -> int | None:
         """Number of classes, when the model declares it (or its linear head shows it)."""
         declared = getattr(self.model, "num_classes", None)

@@ -260,3 +260,6 @@ def test_several_checkpoints_commit_with_the_batch_and_class_bytes_count_payload
         assert store.class_bytes() == {0: 3 * 4 + 2 * 8, 2: 5}
         store.add_batch([], [], checkpoint=[("reader", "8")])
         assert (store.checkpoint("reader"), store.checkpoint("budget")) == ("8", '{"seen": 3}')
+        assert store.top_scores() == {}
+        store.add_batch([torch.ones(1)] * 4, [0, 0, 1, 3], [0.2, 0.7, 0.1, None])
+        assert store.top_scores() == {0: 0.7, 1: 0.1}

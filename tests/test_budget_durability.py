@@ -17,6 +17,7 @@ from test_budget import CLASSES, SAMPLE_BYTES, band, passthrough_scorer
 from test_durability import KillAfter, check_sqlite, make_stream, progress, rows, run_child
 
 from drip.budget import stream_with_budget
+from drip.score import DripScorer
 from drip.store import SampleStore
 
 SCORER = passthrough_scorer()  # built before any fork, shared by parent and children
@@ -116,3 +117,24 @@ def test_drip_filter_adaptive_needs_a_byte_capacity(cli_files, capsys):
         == "drip: error: --adaptive: needs --capacity-bytes, the budget the bands move to fill\n"
     )
     assert not (cli_files / "s.sqlite").exists()
+
+
+def test_drip_filter_scores_with_the_thresholds_target(cli_files, capsys):
+    # Thresholds calibrated on the margin target: drip filter used to rebuild a label scorer and
+    # refuse them ("calibrated with target 'margin', the scorer uses 'label'").
+    from drip.cli import main
+    from drip.thresholds import Thresholds
+
+    model = torch.load(cli_files / "model.pt", weights_only=False)
+    x, y = torch.rand(200, 1, 8, 8), torch.arange(200) % 10
+    margin = DripScorer(model, target="margin")
+    thresholds = Thresholds.load(cli_files / "t.json")
+    calibrated = Thresholds.from_scores(
+        margin(x, y), y, 10, q_high=0.5, min_class_points=5, target="margin", layer=thresholds.layer,
+        model_fingerprint=thresholds.model_fingerprint,
+    )  # fmt: skip
+    calibrated.save(cli_files / "t.json")
+    for adaptive in ([], ["--adaptive"]):
+        argv = adaptive_argv(cli_files, f"margin{len(adaptive)}.sqlite")
+        argv.remove("--adaptive")
+        assert main(argv + adaptive) == 0, capsys.readouterr().err

@@ -3,7 +3,8 @@
 The calibrated ``Thresholds`` say *which* samples are redundant (scores above ``high_c``), not how
 many a device can keep: its storage is a number of bytes, the stream's length and class mix are
 whatever they turn out to be. ``BudgetedThresholds`` keeps each class's lower cut where the Training
-Phase put it and moves its upper cut, once per batch, from two things only, never the past stream:
+Phase put it and moves its upper cut, once per batch, from what the store holds and a small state
+(no past sample is kept or read back for it):
 
 * **how much the class may still store**: the store's capacity is shared out between classes by
   water-filling over what each class can still get (what it holds plus its expected in-band
@@ -12,20 +13,24 @@ Phase put it and moves its upper cut, once per batch, from two things only, neve
   the class's recent frequency, an exponential average over ``frequency_memory`` samples). A stream
   of unknown length is assumed to last as long again as it has so far.
 * **where that rate falls in the class's recent scores**: the upper cut is the score below which
-  that fraction of the class's last ``window`` scores lies (counting from its lower cut). A class
-  with fewer than ``min_class_points`` recent scores uses all classes' recent scores pooled, as
-  calibration does, and before any scores the calibrated band.
+  that fraction of the class's last ``window`` scores lies (counting from its lower cut; the
+  batch's own scores count among them). A class with fewer than ``min_class_points`` recent
+  scores uses all classes' recent scores pooled, as calibration does; while fewer than that have
+  been seen at all, the calibrated band decides.
 
 So a class that arrives more often than expected, or a stream longer than expected, tightens its
 cut; a class that is rare, or a store behind its schedule, opens it, up to keeping all of the
-class; a class at its share keeps nothing more. The store should evict (``when_full="evict"``):
-when a sample inside its class's band finds the store full (a class that was rare early comes on
-strong, the first batches overshot), the store drops the highest-score sample of the most
-represented class. That is what the moving thresholds would drop first: the most represented class
-is the one most over its share, and within a class the band only moves at the top, so the highest
-score is the first it leaves out. An early, badly calibrated phase therefore does not lock the
-store. The state (per-class recent scores, frequencies, what was seen) is committed with the
-batch's samples in one transaction, so a killed device resumes with the same thresholds.
+class. A class at its share keeps nothing more, unless it holds a sample above the cut of its
+whole-stream rate (its share over all its samples, seen and to come): then it keeps what scores
+below its highest stored sample, which the store evicts for it. The store must evict
+(``when_full="evict"``): when a sample inside its band finds the store full (a class rare early
+comes on strong, the first batches overshot, a replacement), the store drops the highest-score
+sample of the most represented class. That is what the moving thresholds would drop first: the
+most represented class is the one most over its share, and within a class the band only moves at
+the top, so the highest score is the first it leaves out. An early, badly calibrated phase
+therefore does not lock the store. The state (per-class recent scores, frequencies, what was seen)
+is committed with the batch's samples in one transaction, so a killed device resumes with the same
+thresholds.
 """
 
 from __future__ import annotations

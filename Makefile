@@ -47,7 +47,7 @@ bench-scorer: $(BENCH_STAMP)
 bench-mnist: $(STAMP)
 	bash benchmarks/mnist.sh
 
-# Adaptive thresholds under a byte budget against fixed ones and the reservoir (hours on 2 cores).
+# Adaptive thresholds under a byte budget against fixed ones and the reservoir (about an hour, one thread).
 bench-budget: $(STAMP)
 	test -d runs/data/speech-commands-synth || $(MAKE) synth-speech
 	$(BIN)/python benchmarks/budget.py $(ARGS)

@@ -1,7 +1,7 @@
 """Adaptive thresholds under a byte budget (drip.budget) against the calibrated (fixed) thresholds
 and the class-balanced reservoir, at the same bytes, on MNIST and the synthetic speech corpus.
 
-    make bench-budget                                  # both data sets, 3 seeds (hours on 2 cores)
+    make bench-budget                                  # both data sets, 3 seeds (61 min, one thread)
     .venv/bin/python benchmarks/budget.py --datasets mnist --seeds 1 --budgets 0.3 --steps 200
 
 Per seed: D0 (20% of the training data, stratified) and the stream S (the rest, shuffled); the
@@ -17,8 +17,8 @@ stored (a fresh model, same initialisation and optimiser steps) and tested on th
 
 A drift run sorts S into two halves with different class mixes (the first half of the classes make
 85% of the first half of S and 15% of the second) and repeats the four arms at the drift budgets.
-FULL (D0 + all of S) is the reference. Writes results.json, summary.md and budget.png (seed 0:
-thresholds and fill level over the stream) into --out.
+FULL (D0 + all of S) is the reference. Writes results.json and, per data set, <name>.md (the
+table) and <name>.png (seed 0: thresholds and fill level over the stream) into --out.
 """
 
 from __future__ import annotations

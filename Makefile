@@ -8,14 +8,14 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # spinning OpenMP pool next to any other busy process slowed torch 35-230x.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test lint format bench bench-scorer bench-mnist bench-budget venv clean synth-speech
+.PHONY: demo test lint format bench bench-scorer bench-export bench-mnist bench-budget venv clean synth-speech
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,export]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -37,11 +37,15 @@ bench: bench-scorer
 
 # captum is the benchmark's external reference only; the constraints keep torch at its pin.
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,export,bench]'
 	touch $(BENCH_STAMP)
 
 bench-scorer: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/scorer.py $(ARGS)
+
+# The exported ONNX scorer (float and int8) against torch and DripScorer: benchmarks/results/export.json.
+bench-export: $(STAMP)
+	$(BIN)/python benchmarks/export.py $(ARGS)
 
 # The MNIST experiments of the README (hours on 2 cores).
 bench-mnist: $(STAMP)

@@ -5,8 +5,8 @@ and the class-balanced reservoir, at the same bytes, on MNIST and the synthetic 
     .venv/bin/python benchmarks/budget.py --datasets mnist --seeds 1 --budgets 0.3 --steps 200
 
 Per seed: D0 (20% of the training data, stratified) and the stream S (the rest, shuffled); the
-Training Phase in cheap mode (q_high 0.4) once, its scorer and proxy stream shared by every
-budget; bands calibrated on the proxy stream for each scorer target. Then, at budgets of 30%, 50%
+Training Phase in cheap mode (q_high 0.4) once, its scorer and calibration set shared by every
+budget; bands calibrated on the calibration set for each scorer target. Then, at budgets of 30%, 50%
 and 70% of S's bytes, four ways to fill a store of that many bytes, each retrained on D0 + what it
 stored (a fresh model, same initialisation and optimiser steps) and tested on the test split:
 
@@ -214,7 +214,7 @@ def run_seed(spec, data, seed: int, args, workdir: Path, traces: dict) -> list[d
     scorers = {}
     for target in args.targets:
         scorer = DripScorer(phase.model, target=target)
-        scorers[target] = (scorer, calibrate(scorer, phase.proxy.x, phase.proxy.y, q_high=Q_HIGH))
+        scorers[target] = (scorer, calibrate(scorer, phase.calibration.x, phase.calibration.y, q_high=Q_HIGH))
     ctx = {
         "seed": seed, "spec": spec, "workdir": workdir, "scorers": scorers, "d0": d0,
         "test": data.test, "steps": steps, "traces": traces,

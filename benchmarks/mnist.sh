@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=PASSIVE
 drip=.venv/bin/drip
-noise_arms=(full drip random loss loss-band drip-rank)
+noise_arms=(full drip drip-paper random loss loss-band)
 
 $drip data fetch mnist
 $drip experiment --dataset mnist --quiet

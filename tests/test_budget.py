@@ -27,18 +27,19 @@ SAMPLE_BYTES = 4  # one float32
 
 def passthrough_scorer(classes: int = CLASSES) -> DripScorer:
     """A scorer whose DRIP score is the input itself: x (1, 1) >= 0 through ReLU, GAP and a linear
-    head of ones, so the label's Grad-CAM map is x (closed form). Hand-made scores, real filter."""
+    head of ones, so the label's Grad-CAM map is x (closed form; the label target, as the margin of
+    equal logits is 0). Hand-made scores, real filter."""
     model = nn.Sequential(
         nn.Identity(), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(1, classes)
     )
     with torch.no_grad():
         model[4].weight.fill_(1.0)
         model[4].bias.zero_()
-    return DripScorer(model.eval(), "1", input_shape=(1, 1))
+    return DripScorer(model.eval(), "1", target="label", cam="gradcam", input_shape=(1, 1))
 
 
 def band(q_high: float = 0.4, q_low: float = 0.0, classes: int = CLASSES) -> Thresholds:
-    """Bands calibrated on uniform [0, 1) scores, all classes alike."""
+    """Bands calibrated on uniform [0, 1) scores, all classes alike (for ``passthrough_scorer``)."""
     generator = torch.Generator().manual_seed(99)
     return Thresholds.from_scores(
         torch.rand(100 * classes, generator=generator),
@@ -46,6 +47,8 @@ def band(q_high: float = 0.4, q_low: float = 0.0, classes: int = CLASSES) -> Thr
         classes,
         q_high=q_high,
         q_low=q_low,
+        target="label",
+        cam="gradcam",
     )
 
 

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook
 
-from drip.cam import CAM_METHODS, LayerGradCam, find_gap_linear_head
-from drip.errors import DripModelError
+from drip.cam import CAM_METHODS, CAM_TARGETS, LayerGradCam, find_gap_linear_head
+from drip.errors import DripInputError, DripModelError
 from drip.models import digits_cnn
 
 
@@ -39,6 +39,34 @@ def test_gap_head_map_matches_hand_computation():
         assert torch.allclose(maps, torch.tensor([[[1.125, 0.25], [0.625, 2.5]]])), path
 
 
+def test_margin_map_on_a_gap_head_matches_hand_computation():
+    # The model of the test above: z = W @ GAP(x) = [2*2.5 - 3.25, 0.5*2.5 + 3.25] = [1.75, 4.5].
+    model = nn.Sequential(nn.Identity(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2))
+    with torch.no_grad():
+        model[3].weight.copy_(torch.tensor([[2.0, -1.0], [0.5, 1.0]]))
+        model[3].bias.zero_()
+    x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[4.0, 0.0], [1.0, 8.0]]]])
+    for path in ("closed_form", "autograd"):
+        cam = LayerGradCam(model, "0", path=path, target="margin")
+        # class 0 against its rival 1: ((2 - 0.5)*A0 + (-1 - 1)*A1) / 4 = [[-6.5, 3], [2.5, -10]] / 4
+        assert torch.allclose(cam(x, torch.tensor([0])).maps, torch.tensor([[[0.0, 0.75], [0.625, 0.0]]]))
+        # class 1 against 0: the negation, [[6.5, -3], [-2.5, 10]] / 4
+        assert torch.allclose(cam(x, torch.tensor([1])).maps, torch.tensor([[[1.625, 0.0], [0.0, 2.5]]]))
+        # logprob of class 0: (1 - p0) * (W0 - W1) / 4 with p0 = sigmoid(1.75 - 4.5)
+        p0 = torch.sigmoid(torch.tensor(1.75 - 4.5))
+        expected = torch.relu((1 - p0) * torch.tensor([[-6.5, 3.0], [2.5, -10.0]]) / 4)
+        logprob = LayerGradCam(model, "0", path=path, target="logprob")(x, torch.tensor([0])).maps
+        assert torch.allclose(logprob, expected[None])
+
+
+def test_margin_target_needs_two_classes():
+    model = nn.Sequential(nn.Identity(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 1))
+    with pytest.raises(DripModelError, match="compares classes"):
+        LayerGradCam(model, "0", target="margin")(torch.rand(1, 2, 2, 2), torch.tensor([0]))
+    with pytest.raises(DripInputError, match="target"):
+        LayerGradCam(model, "0", target="loss")
+
+
 def test_flatten_head_map_matches_hand_computation():
     # Flatten + Linear: dz_c/dA_{k,s} = W[c, 2k + s]; alpha_k is its mean over the 2 positions.
     model = nn.Sequential(nn.Identity(), nn.Flatten(), nn.Linear(4, 1))
@@ -52,20 +80,33 @@ def test_flatten_head_map_matches_hand_computation():
 
 @pytest.mark.parametrize("one_d", [False, True])
 @pytest.mark.parametrize("method", CAM_METHODS)
-def test_closed_form_equals_autograd(one_d, method):
+@pytest.mark.parametrize("target", CAM_TARGETS)
+def test_closed_form_equals_autograd(one_d, method, target):
     for seed in range(3):
         model = gap_model(one_d=one_d, seed=seed)
         x = torch.randn(16, 2, *((11,) if one_d else (7, 5)))
         y = torch.randint(0, 4, (16,))
-        closed = LayerGradCam(model, "3", path="closed_form", method=method)(x, y)
-        auto = LayerGradCam(model, "3", path="autograd", method=method)(x, y)
+        closed = LayerGradCam(model, "3", path="closed_form", method=method, target=target)(x, y)
+        auto = LayerGradCam(model, "3", path="autograd", method=method, target=target)(x, y)
         assert closed.maps.shape == (16, *x.shape[2:])
         assert relative_error(closed.maps, auto.maps) < 1e-5
         assert torch.allclose(closed.logits, auto.logits)
 
 
-def reference_gradcam(model: nn.Sequential, layer_index: int, x, y):
-    """Independent Grad-CAM: run the layers by hand, keep A, full autograd.grad of the logits."""
+def reference_target(target: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each sample's target, from its definition: z_y, z_y - max_{j != y} z_j, log softmax_y."""
+    rows = torch.arange(len(y))
+    if target == "class":
+        return logits[rows, y]
+    if target == "margin":
+        others = logits.clone()
+        others[rows, y] = -torch.inf
+        return logits[rows, y] - others.max(1).values
+    return logits.log_softmax(1)[rows, y]
+
+
+def reference_gradcam(model: nn.Sequential, layer_index: int, x, y, target: str = "class"):
+    """Independent Grad-CAM: run the layers by hand, keep A, full autograd.grad of the target."""
     activations = x
     for module in model[: layer_index + 1]:
         activations = module(activations)
@@ -73,19 +114,20 @@ def reference_gradcam(model: nn.Sequential, layer_index: int, x, y):
     out = activations
     for module in model[layer_index + 1 :]:
         out = module(out)
-    (grads,) = torch.autograd.grad(out[torch.arange(len(y)), y].sum(), activations)
+    (grads,) = torch.autograd.grad(reference_target(target, out, y).sum(), activations)
     alpha = grads.mean(dim=(2, 3), keepdim=True)
     return torch.relu((alpha * activations).sum(1)).detach()
 
 
 @pytest.mark.parametrize("path", ["piecewise", "autograd"])
-def test_mlp_head_paths_equal_independent_reference(path):
+@pytest.mark.parametrize("target", CAM_TARGETS)
+def test_mlp_head_paths_equal_independent_reference(path, target):
     model = mlp_head_model()
     x = torch.randn(32, 1, 8, 8)
     y = torch.randint(0, 5, (32,))
-    cam = LayerGradCam(model, "4", path=path)
+    cam = LayerGradCam(model, "4", path=path, target=target)
     assert cam.path == path and not cam.closed_form
-    expected = reference_gradcam(model, 4, x, y)
+    expected = reference_gradcam(model, 4, x, y, target)
     assert relative_error(cam(x, y).maps, expected) < 1e-5
 
 
@@ -124,14 +166,15 @@ def piecewise_heads() -> dict[str, nn.Sequential]:
 
 @pytest.mark.parametrize("name", sorted(piecewise_heads()))
 @pytest.mark.parametrize("method", CAM_METHODS)
-def test_piecewise_equals_autograd(name, method):
+@pytest.mark.parametrize("target", CAM_TARGETS)
+def test_piecewise_equals_autograd(name, method, target):
     torch.manual_seed(0)
     model = piecewise_heads()[name].eval()
     x = torch.randn(16, 2, *((6,) if name == "1-D" else (6, 6)))
     y = torch.randint(0, 5, (16,))
-    piecewise = LayerGradCam(model, "1", method=method)
+    piecewise = LayerGradCam(model, "1", method=method, target=target)
     assert piecewise.path == "piecewise"
-    auto = LayerGradCam(model, "1", path="autograd", method=method)
+    auto = LayerGradCam(model, "1", path="autograd", method=method, target=target)
     got, expected = piecewise(x, y), auto(x, y)
     assert relative_error(got.maps, expected.maps) < 1e-5
     assert torch.allclose(got.logits, expected.logits) and torch.allclose(got.logits, model(x))
@@ -403,3 +446,25 @@ def test_hooks_of_the_model_itself_are_honoured():
     finally:
         handle.remove()
     assert model in calls  # torch's global module hooks see the model called, as without drip
+
+
+@pytest.mark.parametrize(
+    ("factory", "layer", "shape"),
+    [
+        (lambda: gap_model(seed=2), "3", (2, 7, 5)),
+        (lambda: gap_model(one_d=True, seed=2), "3", (2, 11)),
+        (mlp_head_model, "4", (1, 8, 8)),
+    ],
+    ids=["gap-2d", "gap-1d", "mlp-head"],
+)
+def test_label_maps_equal_captums_layer_gradcam(factory, layer, shape):
+    """The paper's Grad-CAM (class target) against captum's, on every path drip takes."""
+    captum = pytest.importorskip("captum.attr")
+    model = factory()
+    x = torch.randn(12, *shape)
+    y = torch.randint(0, 4, (12,))
+    module = model.get_submodule(layer)
+    expected = captum.LayerGradCam(model, module).attribute(x, target=y, relu_attributions=True)
+    for path in ("auto", "autograd"):
+        maps = LayerGradCam(model, layer, path=path)(x, y).maps
+        assert relative_error(maps, expected[:, 0].detach()) < 1e-5, path

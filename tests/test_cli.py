@@ -34,7 +34,7 @@ def test_demo_runs_end_to_end_and_writes_every_file(tmp_path, capsys):
         "training_phase_cost_ratio",
     ):
         assert key in summary, key
-    assert set(summary["accuracy"]) == {"full", "drip", "random", "loss"}
+    assert set(summary["accuracy"]) == {"full", "drip", "drip-paper", "random", "loss"}
     for arm in summary["accuracy"].values():
         assert set(arm) == {"mean", "std", "per_seed"} and 0 <= arm["mean"] <= 1
     seen, kept = summary["seen"]["mean"], summary["kept"]["mean"]

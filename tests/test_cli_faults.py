@@ -202,14 +202,14 @@ def test_multi_line_error_messages_become_one_line(files, capsys, monkeypatch):
 
 
 def test_rerun_after_a_crash_does_not_replay_what_was_evicted(files, monkeypatch):
-    # A model whose score is the input's value: one ReLU'd channel, then GAP and a linear head.
+    # A model whose (label-target) score is the input's value: one ReLU'd channel, GAP, a linear head.
     model = nn.Sequential(nn.Identity(), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, 2))
     with torch.no_grad():
         model[4].weight.fill_(1.0)
         model[4].bias.zero_()
     model.drip_layer = "1"
     torch.save(model.eval(), files / "value.pt")
-    Thresholds(low=(-math.inf,) * 2, high=(math.inf,) * 2).save(files / "wide.json")
+    Thresholds(low=(-math.inf,) * 2, high=(math.inf,) * 2, target="label").save(files / "wide.json")
     # (label, score, width) into 16 bytes: an uninterrupted run ends holding samples 3 and 4.
     # Replaying from the start into what a crash before sample 5 left (3 and 4, the same) would
     # evict 4 to bring 2 back: only skipping what was decided ends where the uninterrupted run does.

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fixtures import write_mnist_idx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drip.data import load_digits, stratified_split
-from drip.errors import DripInputError
+from drip.errors import DripDataError, DripInputError
 
 
 def test_digits_shape_and_range():
@@ -44,3 +45,28 @@ def test_split_depends_on_seed_only():
     assert not np.array_equal(a[0], stratified_split(labels, (0.5, 0.5), 2)[0])
     with pytest.raises(DripInputError, match="fractions"):
         stratified_split(labels, (0.5, 0.6), 0)
+
+
+def test_a_missing_public_data_set_is_fetched_first_and_a_full_folder_never(tmp_path, monkeypatch):
+    from drip import data
+
+    fetched = []
+
+    def fake_fetch(folder):
+        fetched.append(folder)
+        folder.mkdir(parents=True)
+        write_mnist_idx(folder, n_train=20, n_test=10)
+        return folder
+
+    monkeypatch.setitem(data.FETCHERS, "mnist", fake_fetch)
+    folder = tmp_path / "mnist"
+    splits = data.load_or_fetch("mnist", folder, progress=False, log=lambda line: None)
+    assert fetched == [folder] and len(splits.train) == 20 and len(splits.test) == 10
+    data.load_or_fetch("mnist", folder, progress=False, log=lambda line: None)
+    assert fetched == [folder]  # there now: loaded, not fetched again
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "notes.txt").write_text("the user's own file")
+    with pytest.raises(DripDataError, match="no MNIST here"):
+        data.load_or_fetch("mnist", damaged, progress=False, log=lambda line: None)
+    assert fetched == [folder]  # a folder holding anything is the user's: never fetched into

@@ -8,10 +8,12 @@ import pytest
 import torch
 from fixtures import write_cifar_folder, write_mnist_idx, write_plant_tree, write_speech_corpus
 
+from drip import experiment
+from drip.arms import ARMS, BANDS, EQUAL_COUNT
 from drip.cli import main
 from drip.data import load_digits
 from drip.errors import DripInputError
-from drip.experiment import ARMS, DATASET_DEFAULTS, EQUAL_COUNT, ExperimentConfig, corrupt, run_experiment
+from drip.experiment import DATASET_DEFAULTS, ExperimentConfig, corrupt, planned_trainings, run_experiment
 from drip.report import load_results, markdown, summarize, write_report
 
 
@@ -20,7 +22,7 @@ def noisy_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("exp")
     config = ExperimentConfig(
         seeds=1,
-        steps=12,
+        steps=60,
         q_high=0.3,
         q_low=0.05,
         sweep=(0.2, 0.3, 0.4),
@@ -40,14 +42,26 @@ def test_every_arm_and_equal_storage(noisy_run):
     assert kept == sum(counters["kept"]) == arms["drip"]["kept"]  # the filter's and the store's count
     for arm in EQUAL_COUNT:
         assert arms[arm]["kept"] == kept, arm
-        assert arms[arm]["steps"] == 12  # the same optimiser-step budget for every arm
+        assert arms[arm]["steps"] == 60  # the same optimiser-step budget for every arm
     assert arms["full"]["kept"] == sum(counters["seen"])  # the filter was offered the whole stream
-    assert [p["q_high"] for p in seed["sweep"]] == [0.2, 0.3, 0.4]
-    assert seed["sweep"][0]["kept"] >= seed["sweep"][1]["kept"] >= seed["sweep"][2]["kept"]
-    # At DRIP's own band the sweep reuses the DRIP and RANDOM arms instead of training them again.
-    chosen = seed["sweep"][1]
-    assert chosen["kept"] == kept
-    assert (chosen["drip"], chosen["random"]) == (arms["drip"]["accuracy"], arms["random"]["accuracy"])
+
+
+def test_the_sweep_runs_every_arm_at_every_band(noisy_run):
+    _, results = noisy_run
+    seed = results["seeds"][0]
+    sweep, arms = seed["sweep"], seed["arms"]
+    assert [p["q_high"] for p in sweep] == [0.2, 0.3, 0.4]
+    assert sweep[0]["kept"] > sweep[1]["kept"] > sweep[2]["kept"]
+    for point in sweep:
+        assert set(point["arms"]) == set(ARMS) - {"full"}
+        assert point["arms"]["drip"]["kept"] == point["kept"]
+        for arm in EQUAL_COUNT:
+            assert point["arms"][arm]["kept"] == point["kept"], (point["q_high"], arm)
+        for arm in BANDS:  # each band stores what its own band keeps
+            saving = 1 - point["arms"][arm]["kept"] / seed["stream"]["seen"]
+            assert point["arms"][arm]["saving"] == pytest.approx(saving)
+    # At DRIP's own band (0.3) the sweep reuses the arms instead of training them again.
+    assert sweep[1]["arms"] == {arm: arms[arm] for arm in sweep[1]["arms"]}
 
 
 def test_noise_statistics_are_consistent(noisy_run):
@@ -74,7 +88,8 @@ def test_report_renders_from_results_json_alone(noisy_run):
     for name in ("scores.png", "heatmaps.png", "accuracy_vs_saving.png", "noise_scores.png"):
         assert (out / name).stat().st_size > 10_000, name
     text = markdown(summarize(results))
-    assert "corrupted dropped" in text and "| q_high |" in text and "FULL (clean stream)" in text
+    assert "corrupted dropped" in text and "| q_high 0.3 |" in text and "FULL (clean stream)" in text
+    assert text.splitlines()[2].startswith("**DRIP stored")  # the one-line verdict comes first
 
 
 def test_label_noise_flips_to_another_class_and_gaussian_keeps_labels():
@@ -108,6 +123,8 @@ def test_epoch_budget_gives_smaller_sets_fewer_steps(tmp_path):
 def test_bad_configs_are_refused():
     with pytest.raises(DripInputError, match="arms"):
         ExperimentConfig(arms=("full", "random"))
+    with pytest.raises(DripInputError, match="target"):
+        ExperimentConfig(target="loss")
     with pytest.raises(DripInputError, match="noise"):
         ExperimentConfig(noise="salt")
     with pytest.raises(DripInputError, match="budget"):
@@ -123,7 +140,7 @@ def test_drip_experiment_runs_on_each_data_set_fixture(tmp_path, dataset):
     elif dataset == "cifar10":
         write_cifar_folder(data_dir, per_batch=40, test=20)
     elif dataset == "speech-commands":
-        write_speech_corpus(data_dir, per_word=10)
+        write_speech_corpus(data_dir, per_word=20)
     else:
         write_plant_tree(data_dir, per_class=20)
     out = tmp_path / "run"
@@ -170,10 +187,58 @@ def test_drip_experiment_runs_on_each_data_set_fixture(tmp_path, dataset):
 def test_results_of_another_version_are_refused(tmp_path, capsys):
     (tmp_path / "results.json").write_text(json.dumps({"format": "drip-results", "version": 1, "seeds": []}))
     assert main(["report", str(tmp_path)]) == 2
-    assert "expected drip results version 2, got ('drip-results', 1)" in capsys.readouterr().err
+    assert "expected drip results version 3, got ('drip-results', 1)" in capsys.readouterr().err
 
 
 def test_report_of_a_missing_run_is_one_clear_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("drip: error:") and "results.json" in err and err.count("\n") == 1
+
+
+def test_a_finished_seed_is_not_redone_and_another_config_is_refused(tmp_path, monkeypatch):
+    config = ExperimentConfig(seeds=2, steps=5, q_high=0.3, sweep=(0.3,), arms=("full", "drip", "random"))
+    data = load_digits().subset(range(400))
+    calls = []
+    real_fit = experiment.fit
+    monkeypatch.setattr(experiment, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    first = run_experiment(config, data, tmp_path, progress=False)
+    # One seed's trainings: the phase's own (not counted here), full, drip, random; the sweep's
+    # band is the chosen one, so it trains nothing more.
+    assert len(calls) == 2 * (planned_trainings(config) - 1 - 2)
+    (tmp_path / "seed1" / "record.json").unlink()  # as if the run was killed during seed 1
+    calls.clear()
+    again = run_experiment(config, data, tmp_path, progress=False)
+    assert len(calls) == 3  # seed 0 read back, seed 1 redone
+    assert again["seeds"] == first["seeds"]
+    with pytest.raises(DripInputError, match="another configuration"):
+        run_experiment(ExperimentConfig(**{**config.__dict__, "steps": 6}), data, tmp_path, progress=False)
+
+
+def test_paper_arm_uses_the_label_target_on_the_same_model(tmp_path):
+    config = ExperimentConfig(seeds=1, steps=20, q_high=0.4, sweep=(), arms=("drip", "drip-paper"))
+    seed = run_experiment(config, load_digits().subset(range(500)), tmp_path, progress=False)["seeds"][0]
+    assert seed["thresholds"]["target"] == "margin"
+    label = ExperimentConfig(**{**config.__dict__, "target": "label"})
+    same = run_experiment(label, load_digits().subset(range(500)), tmp_path / "label", progress=False)
+    arms = same["seeds"][0]["arms"]
+    assert arms["drip-paper"] == arms["drip"]  # the same score and band: not trained twice
+
+
+def test_the_same_run_twice_gives_the_same_results(tmp_path):
+    """On one machine with one thread a run is reproducible to the bit (only wall times differ)."""
+    config = ExperimentConfig(seeds=1, steps=15, q_high=0.4, sweep=(0.3,), arms=("full", "drip", "random"))
+    data = load_digits().subset(range(400))
+
+    def without_times(results):
+        seed = dict(results["seeds"][0])
+        seed.pop("elapsed_s")
+        phase = dict(seed.pop("training_phase"))
+        for key in ("elapsed_s", "one_training_s", "cost_ratio"):
+            phase.pop(key)
+        seed["thresholds"] = {k: v for k, v in seed["thresholds"].items() if k != "metadata"}
+        return seed, phase
+
+    first = run_experiment(config, data, tmp_path / "a", progress=False)
+    second = run_experiment(config, data, tmp_path / "b", progress=False)
+    assert without_times(first) == without_times(second)

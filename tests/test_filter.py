@@ -129,6 +129,10 @@ def test_thresholds_of_another_model_or_setup_are_refused(setup):
     DripFilter(other, thresholds, store, allow_model_mismatch=True)
     with pytest.raises(DripModelMismatchError, match="statistic"):
         DripFilter(DripScorer(scorer.model, statistic="max"), thresholds, store)
+    with pytest.raises(DripModelMismatchError, match="target 'margin', the scorer uses 'label'"):
+        DripFilter(DripScorer(scorer.model, target="label"), thresholds, store)
+    with pytest.raises(DripModelMismatchError, match="cam 'xgradcam', the scorer uses 'gradcam'"):
+        DripFilter(DripScorer(scorer.model, cam="gradcam"), thresholds, store)
 
 
 def test_empty_batch_decides_nothing(setup):

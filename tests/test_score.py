@@ -20,7 +20,29 @@ from drip.score import STATISTICS, DripScorer, score_in_batches
 from drip.validation import check_inputs, check_labels
 
 
-def test_mean_score_is_scaled_logit_plus_what_relu_cut():
+def _identity_target(target: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """dt/dz of each target, computed here from its definition (not drip's helper)."""
+    one_hot = torch.nn.functional.one_hot(y, logits.shape[1]).float()
+    if target == "label":
+        return one_hot
+    if target == "margin":
+        rivals = logits.masked_fill(one_hot.bool(), -torch.inf).argmax(1)
+        return one_hot - torch.nn.functional.one_hot(rivals, logits.shape[1]).float()
+    return one_hot - logits.softmax(1)
+
+
+@pytest.mark.parametrize(
+    ("target", "meaning"),
+    [
+        ("label", lambda z, y, r, p: z[range(len(y)), y]),  # the label's logit
+        ("margin", lambda z, y, r, p: z[range(len(y)), y] - z[range(len(y)), r]),  # minus the rival's
+        ("logprob", lambda z, y, r, p: z[range(len(y)), y] - (p * z).sum(1)),  # minus the mean logit
+    ],
+)
+def test_mean_score_is_the_targets_logit_form_plus_what_relu_cut(target, meaning):
+    """For a GAP + linear head, mean(map before ReLU) = (the target's logit form, biases removed)
+    / |S|: label z_y; margin z_y - z_rival; logprob z_y - sum_j softmax_j z_j (softmax held fixed)."""
+    torch.manual_seed(0)
     model = digits_cnn().eval()
     x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
     captured = {}
@@ -30,15 +52,27 @@ def test_mean_score_is_scaled_logit_plus_what_relu_cut():
     handle.remove()
     activations = captured["a"]  # (B, 64, 4, 4)
     positions = activations[0, 0].numel()
-    pre_relu = torch.einsum("bk,bkhw->bhw", model.fc.weight[y], activations) / positions
-    bias = model.fc.bias[y]
-    logit = logits[torch.arange(32), y]
-    # The map before the ReLU has mean (z_y - b_y) / |S| ...
-    assert torch.allclose(pre_relu.flatten(1).mean(1), (logit - bias) / positions, atol=1e-6)
+    seed = _identity_target(target, logits, y)
+    pre_relu = torch.einsum("bk,bkhw->bhw", seed @ model.fc.weight, activations) / positions
+    rivals = logits.masked_fill(torch.nn.functional.one_hot(y, 10).bool(), -torch.inf).argmax(1)
+    probabilities = logits.softmax(1)
+    unbiased = logits - model.fc.bias
+    # The map before the ReLU has mean (the target's logit form, without biases) / |S| ...
+    expected_mean = meaning(unbiased, y, rivals, probabilities) / positions
+    assert torch.allclose(pre_relu.flatten(1).mean(1), expected_mean, atol=1e-6)
     # ... so the score is that plus the mean of what the ReLU removed.
-    scores = DripScorer(model)(x, y)
-    expected = (logit - bias) / positions + torch.relu(-pre_relu).flatten(1).mean(1)
+    scores = DripScorer(model, target=target)(x, y)
+    expected = expected_mean + torch.relu(-pre_relu).flatten(1).mean(1)
     assert torch.allclose(scores, expected, atol=1e-6)
+
+
+def test_default_target_is_the_margin():
+    model = gap_model()
+    x, y = torch.randn(16, 2, 5, 5), torch.randint(0, 4, (16,))
+    assert DripScorer(model, "3").target == "margin"
+    assert torch.equal(DripScorer(model, "3")(x, y), DripScorer(model, "3", target="margin")(x, y))
+    with pytest.raises(DripInputError, match="target"):
+        DripScorer(model, "3", target="loss")
 
 
 def test_statistics_on_hand_maps():
@@ -86,7 +120,7 @@ def test_label_target_differs_from_predicted_target():
     wrong = (predicted + 1) % 4
     by_label = DripScorer(model, "3", target="label")(x, wrong)
     by_prediction = DripScorer(model, "3", target="predicted")(x, wrong)
-    assert torch.equal(by_prediction, DripScorer(model, "3")(x, predicted))
+    assert torch.equal(by_prediction, DripScorer(model, "3", target="label")(x, predicted))
     assert not torch.allclose(by_label, by_prediction)
 
 

@@ -1,4 +1,4 @@
-"""Selectors: informativeness directions, exact counts, the reservoir's balance, drip-rank's rate."""
+"""Selectors: informativeness directions, exact counts, the reservoir's balance, the band rule."""
 
 from __future__ import annotations
 
@@ -9,17 +9,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drip.errors import DripInputError
 from drip.selectors import (
     INFORMATIVENESS,
     band_keep,
     class_balanced_reservoir,
-    drip_rank_keep,
     el2n_values,
     loss_values,
     margin_values,
     random_count,
-    thinning_keep_probability,
     top_count,
 )
 
@@ -76,41 +73,3 @@ def test_band_keep_applies_the_quantile_band_per_class():
         values, torch.zeros(4, dtype=torch.int64), calibration, calibration_labels, 1, q_high=0.2, q_low=0.1
     )
     assert keep.tolist() == [False, True, True, False]
-
-
-@pytest.mark.parametrize("drop", [0.0, 0.2, 0.4, 0.5, 0.7])
-def test_thinning_drops_the_asked_fraction_of_uniform_percentiles(drop):
-    percentile = (torch.arange(100_000, dtype=torch.float64) + 0.5) / 100_000
-    kept = thinning_keep_probability(percentile, drop).mean()
-    assert float(kept) == pytest.approx(1 - drop, abs=1e-3)
-    if drop == 0.4:
-        assert thinning_keep_probability(torch.tensor([0.1, 0.2, 0.6, 1.0]), 0.4).tolist() == pytest.approx(
-            [1.0, 1.0, 0.5, 0.0]
-        )
-    with pytest.raises(DripInputError):
-        thinning_keep_probability(percentile, 1.0)
-
-
-def test_drip_rank_hits_its_target_even_with_loss_ties():
-    generator = torch.Generator().manual_seed(0)
-    n, classes = 6000, 3
-    labels = torch.arange(n) % classes
-    scores = torch.randn(n, dtype=torch.float64) + labels
-    losses = torch.where(
-        torch.rand(n, generator=generator) < 0.3, 0.0, torch.rand(n, generator=generator).double()
-    )
-    half = n // 2
-    kept = drip_rank_keep(
-        scores[half:],
-        losses[half:],
-        labels[half:],
-        scores[:half],
-        losses[:half],
-        labels[:half],
-        drop_fraction=0.4,
-        generator=generator,
-    )
-    assert float(1 - kept.double().mean()) == pytest.approx(0.4, abs=0.03)
-    # Samples with the most evidence (high score, zero loss) go first.
-    evidence = scores[half:] - losses[half:]
-    assert evidence[~kept].mean() > evidence[kept].mean()

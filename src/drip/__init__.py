@@ -16,8 +16,10 @@ from .errors import (
     DripStoreError,
     DripThresholdsError,
 )
+from .export import ExportResult, export_onnx
 from .filter import ClassCounters, Decision, DripFilter
 from .models import MODELS, build_model, digits_cnn
+from .onnx_scorer import OnnxScorer
 from .score import STATISTICS, DripScorer, ScoredBatch, score_in_batches
 from .store import SampleStore, StoredSample
 from .thresholds import Thresholds, model_fingerprint
@@ -46,8 +48,10 @@ __all__ = [
     "DripScorer",
     "DripStoreError",
     "DripThresholdsError",
+    "ExportResult",
     "History",
     "LayerGradCam",
+    "OnnxScorer",
     "SampleStore",
     "ScoredBatch",
     "StoredSample",
@@ -59,6 +63,7 @@ __all__ = [
     "choose_q_high",
     "digits_cnn",
     "evaluate",
+    "export_onnx",
     "fit",
     "model_fingerprint",
     "predict_logits",

@@ -1,36 +1,50 @@
-"""The Training Phase: train the scorer on part of D0 and calibrate per-class bands on the rest.
+"""The Training Phase: train the scorer on D0 and calibrate per-class bands on data it never saw.
 
 Scores of samples a model trained on are biased (memorised points look easy), and raw Grad-CAM
-magnitudes do not transfer between models. So D0 is split, stratified, into D0_train (60%), a
-proxy stream P (20%) and a validation set W (20%). The scorer is trained on D0_train and scores P;
-per class, ``high_c`` is the (1 - q_high) quantile of P's scores. The band search retrains, for each
-candidate q_high, on D0_train plus what the band keeps of P, with the same optimiser-step budget,
-and picks the largest q_high whose accuracy on W stays within ``tolerance`` of keeping all of P.
-An optional lower cut ``q_low`` drops, per class, what scores below the q_low quantile of P's
-scores; D0 is clean, so this is the "clean-percentile" rule (q_low = 0.05: below the 5th
-percentile of the class's clean calibration scores), the cut that pays when the stream is noisy.
-The deployed scorer is the model trained on D0_train. The cheap mode takes a given q_high and
-skips the search (and W: P takes its 20% as well).
+magnitudes do not transfer between models, so the thresholds always come from the deployed
+model's scores on held-out samples of D0: per class, ``high_c`` is the (1 - q_high) quantile.
+
+**Search mode** picks q_high by evidence. D0 is split, stratified, into D0_train (60%), a proxy
+stream P (20%) and a validation set W (20%). A probe model trained on D0_train scores P. The
+reference is trained on D0_train + P: it plays FULL, and it is also the model deployed, so no
+training is spent on the search alone. Candidates, largest saving first, train on D0_train plus
+what the probe's band keeps of P, with the same optimiser-step budget and initialisation; the
+first candidate whose accuracy on W is not significantly below the reference's (a paired,
+one-sided test on the same W samples, ``confidence`` 95%: McNemar's normal approximation) is
+chosen, and the search stops there. No candidate passes: q_high = 0 (keep everything). When the
+largest candidate passes, the phase costs three trainings: probe, reference, one candidate.
+
+W, which the deployed model never trained on, is its calibration set. **Cheap mode** takes
+q_high as given: the model trains on 80% of D0 and is calibrated on the other 20%, the same
+recipe as the search deploys, at the cost of one training.
+
+An optional lower cut ``q_low`` drops, per class, what scores below the q_low quantile of the
+clean calibration scores: the cut that pays when the stream is noisy.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .cam import CamMethod
 from .data.base import LabelledData, stratified_split
 from .errors import DripInputError
-from .score import DripScorer, score_in_batches
+from .score import DEFAULT_CAM, DEFAULT_TARGET, DripScorer, Target, score_in_batches
 from .thresholds import Thresholds, model_fingerprint
-from .train import TrainConfig, evaluate, fit
+from .train import TrainConfig, fit, predict_logits
 from .validation import check_fraction
 
-DEFAULT_CANDIDATES = (0.2, 0.3, 0.4, 0.5)
+DEFAULT_CANDIDATES = (0.5, 0.4, 0.3, 0.2)
+DEFAULT_CONFIDENCE = 0.95
 
 
 def bands_for_scorer(
@@ -56,7 +70,7 @@ def bands_for_scorer(
         layer=scorer.layer_name,
         model_fingerprint=model_fingerprint(scorer.model),
         target=scorer.target,
-        cam=scorer.cam.method,
+        cam=scorer.cam_method,
         metadata=metadata or {},
     )
 
@@ -91,21 +105,54 @@ def calibrate(
 
 @dataclass(frozen=True)
 class BandTrial:
-    """One candidate band of the search: how much of P it kept and the accuracy on W."""
+    """One candidate band of the search, compared with the reference on the same W samples.
+
+    ``only_reference`` / ``only_candidate``: W samples only the reference / only the candidate
+    classifies correctly (the discordant pairs of the paired test).
+    """
 
     q_high: float
     kept: int
     proxy: int
     val_accuracy: float
+    only_reference: int
+    only_candidate: int
+    validation: int
+
+    @property
+    def shortfall(self) -> float:
+        """Reference accuracy minus the candidate's on W (positive: the candidate is worse)."""
+        return (self.only_reference - self.only_candidate) / self.validation
+
+    @property
+    def standard_error(self) -> float:
+        """Standard error of ``shortfall`` over the W samples (paired: discordant pairs only)."""
+        n, b, c = self.validation, self.only_reference, self.only_candidate
+        return math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
+
+    def passes(self, confidence: float = DEFAULT_CONFIDENCE) -> bool:
+        """Whether W gives no significant evidence, at ``confidence``, that the candidate is worse."""
+        z = statistics.NormalDist().inv_cdf(confidence)
+        return self.shortfall <= z * self.standard_error
+
+
+def choose_q_high(trials: Sequence[BandTrial], confidence: float = DEFAULT_CONFIDENCE) -> float:
+    """The first trial that passes (trials run largest q_high first), or 0.0: keep everything."""
+    return next((t.q_high for t in trials if t.passes(confidence)), 0.0)
+
+
+def expected_trainings(q_high: float | None) -> int:
+    """Trainings the phase runs when the first candidate passes: 1 in cheap mode, else 3."""
+    return 1 if q_high is not None else 3
 
 
 @dataclass
 class TrainingPhaseResult:
-    """The deployed scorer (``scorer.model`` trained on D0_train), its thresholds, and what the
-    phase measured and cost.
+    """The deployed scorer, its thresholds, and what the phase measured and cost.
 
-    ``proxy`` is the held-out proxy stream P with the scorer's ``proxy_scores`` and
-    ``proxy_logits``: the clean calibration data other online selectors can calibrate on too.
+    ``calibration`` holds the held-out samples the thresholds come from, with the deployed
+    scorer's ``calibration_scores`` and ``calibration_logits``: the clean calibration data other
+    online selectors can calibrate on too. ``one_training_s`` is the deployed model's training.
     """
 
     scorer: DripScorer
@@ -113,12 +160,14 @@ class TrainingPhaseResult:
     q_high: float
     reference_accuracy: float | None
     trials: list[BandTrial] = field(default_factory=list)
-    scorer_train_s: float = 0.0
+    trainings: int = 1
+    one_training_s: float = 0.0
     elapsed_s: float = 0.0
+    confidence: float = DEFAULT_CONFIDENCE
     sizes: dict[str, int] = field(default_factory=dict)
-    proxy: LabelledData | None = None
-    proxy_scores: torch.Tensor | None = None
-    proxy_logits: torch.Tensor | None = None
+    calibration: LabelledData | None = None
+    calibration_scores: torch.Tensor | None = None
+    calibration_logits: torch.Tensor | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -127,17 +176,56 @@ class TrainingPhaseResult:
 
     @property
     def cost_ratio(self) -> float:
-        """Wall time of the whole phase over one training of the scorer."""
-        return self.elapsed_s / self.scorer_train_s if self.scorer_train_s else float("nan")
+        """Wall time of the whole phase over one training of the deployed model."""
+        return self.elapsed_s / self.one_training_s if self.one_training_s else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        """What the phase chose, measured and cost, JSON-ready (also in the thresholds' metadata)."""
+        return _summary(
+            self.q_high,
+            self.reference_accuracy,
+            self.trials,
+            self.trainings,
+            self.one_training_s,
+            self.elapsed_s,
+            self.confidence,
+            self.sizes,
+        )
 
 
-def choose_q_high(trials: Sequence[BandTrial], reference_accuracy: float, tolerance: float) -> float:
-    """The largest q_high whose validation accuracy is within ``tolerance`` of the reference.
+def _summary(
+    q_high: float,
+    reference_accuracy: float | None,
+    trials: Sequence[BandTrial],
+    trainings: int,
+    one_training_s: float,
+    elapsed_s: float,
+    confidence: float,
+    sizes: dict[str, int],
+) -> dict[str, Any]:
+    return {
+        "q_high": q_high,
+        "cost_ratio": elapsed_s / one_training_s if one_training_s else float("nan"),
+        "trainings": trainings,
+        "elapsed_s": elapsed_s,
+        "one_training_s": one_training_s,
+        "reference_accuracy": reference_accuracy,
+        "confidence": confidence,
+        "trials": [
+            {
+                **asdict(t),
+                "shortfall": t.shortfall,
+                "standard_error": t.standard_error,
+                "passed": t.passes(confidence),
+            }
+            for t in trials
+        ],
+        "sizes": sizes,
+    }
 
-    0.0 (keep everything) when no candidate qualifies.
-    """
-    safe = [t.q_high for t in trials if t.val_accuracy >= reference_accuracy - tolerance]
-    return max(safe, default=0.0)
+
+def _correct(model: nn.Module, data: LabelledData) -> torch.Tensor:
+    return predict_logits(model, data.x).argmax(1) == data.y
 
 
 def training_phase(
@@ -148,8 +236,10 @@ def training_phase(
     q_high: float | None = None,
     candidates: Sequence[float] = DEFAULT_CANDIDATES,
     q_low: float = 0.0,
-    tolerance: float = 0.005,
+    confidence: float = DEFAULT_CONFIDENCE,
     statistic: str = "mean",
+    target: Target = DEFAULT_TARGET,
+    cam: CamMethod = DEFAULT_CAM,
     layer: str | None = None,
     min_class_points: int = 30,
     seed: int = 0,
@@ -159,89 +249,116 @@ def training_phase(
 
     ``model_factory()`` returns a fresh, untrained model; every training of the phase starts from
     the same initialisation (seeded) and the same budget, so the search compares data, not luck.
-    If no candidate stays within ``tolerance`` of keeping all of P, the phase keeps everything
-    (q_high = 0): DRIP found no band that is safe on this data.
     """
     start = time.perf_counter()
     if q_high is not None:
         q_high = check_fraction(q_high, "q_high")
-    candidates = sorted({check_fraction(q, "candidates") for q in candidates})
+    candidates = sorted({check_fraction(q, "candidates") for q in candidates}, reverse=True)
     if q_high is None and not candidates:
         raise DripInputError("candidates: the search needs at least one candidate q_high")
-    fractions = (0.6, 0.4) if q_high is not None else (0.6, 0.2, 0.2)
-    parts = stratified_split(d0.y, fractions, seed)
-    train_part, proxy = d0.subset(parts[0]), d0.subset(parts[1])
-    validation = d0.subset(parts[2]) if len(parts) == 3 else None
-    if len(train_part) == 0 or len(proxy) == 0:
+    if not 0.5 <= confidence < 1:
+        raise DripInputError(f"confidence: expected a number in [0.5, 1), got {confidence!r}")
+    fractions = (0.8, 0.2) if q_high is not None else (0.6, 0.2, 0.2)
+    parts = [d0.subset(index) for index in stratified_split(d0.y, fractions, seed)]
+    if any(len(part) == 0 for part in parts):
         raise DripInputError(f"d0: {len(d0)} samples are too few to split for the Training Phase")
+    calibration = parts[-1]
+    trainings, one_training_s = 0, 0.0
 
-    def train(data_x: torch.Tensor, data_y: torch.Tensor, desc: str) -> tuple[nn.Module, float]:
+    def train(data: LabelledData, desc: str) -> nn.Module:
+        nonlocal trainings, one_training_s
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = model_factory()
-        history = fit(model, data_x, data_y, config, seed=seed, progress=progress, desc=desc)
-        return model, history.elapsed_s
+        history = fit(model, data.x, data.y, config, seed=seed, progress=progress, desc=desc)
+        trainings += 1
+        one_training_s = history.elapsed_s
+        return model
 
-    model, scorer_train_s = train(train_part.x, train_part.y, "training phase: scorer")
-    scorer = DripScorer(model, layer, statistic)
-    proxy_scores, proxy_logits = score_in_batches(scorer, proxy.x, proxy.y)
-
-    def band(q: float, metadata: dict | None = None) -> Thresholds:
-        return bands_for_scorer(
-            scorer,
-            proxy_scores,
-            proxy.y,
-            d0.num_classes,
-            q_high=q,
-            q_low=q_low,
-            min_class_points=min_class_points,
-            metadata=metadata,
-        )
+    def scorer_of(model: nn.Module) -> DripScorer:
+        return DripScorer(model, layer, statistic, target, cam=cam)
 
     trials: list[BandTrial] = []
-    reference = None
+    reference_accuracy = None
     if q_high is None:
-        assert validation is not None
-        both_x = torch.cat([train_part.x, proxy.x])
-        both_y = torch.cat([train_part.y, proxy.y])
-        reference_model, _ = train(both_x, both_y, "training phase: D0_train + P")
-        reference = evaluate(reference_model, validation.x, validation.y)
+        train_part, proxy, validation = parts
+        probe = scorer_of(train(train_part, "training phase: probe on D0_train"))
+        probe_scores, _ = score_in_batches(probe, proxy.x, proxy.y)
+        model = train(_join(train_part, proxy), "training phase: reference on D0_train + P")
+        reference_s = one_training_s
+        reference_correct = _correct(model, validation)
+        reference_accuracy = float(reference_correct.float().mean())
         for q in tqdm(candidates, desc="band search", disable=not progress, leave=False):
-            kept = band(q).keep(proxy_scores, proxy.y)
-            candidate, _ = train(
-                torch.cat([train_part.x, proxy.x[kept]]),
-                torch.cat([train_part.y, proxy.y[kept]]),
-                f"training phase: q_high={q}",
+            kept = Thresholds.from_scores(
+                probe_scores,
+                proxy.y,
+                d0.num_classes,
+                q_high=q,
+                q_low=q_low,
+                min_class_points=min_class_points,
+            ).keep(probe_scores, proxy.y)
+            candidate = train(
+                _join(train_part, proxy.subset(kept.nonzero().flatten())), f"training phase: q_high={q}"
             )
-            accuracy = evaluate(candidate, validation.x, validation.y)
-            trials.append(BandTrial(q, int(kept.sum()), len(proxy), accuracy))
-        q_high = choose_q_high(trials, reference, tolerance)
+            correct = _correct(candidate, validation)
+            trials.append(
+                BandTrial(
+                    q_high=q,
+                    kept=int(kept.sum()),
+                    proxy=len(proxy),
+                    val_accuracy=float(correct.float().mean()),
+                    only_reference=int((reference_correct & ~correct).sum()),
+                    only_candidate=int((correct & ~reference_correct).sum()),
+                    validation=len(validation),
+                )
+            )
+            if trials[-1].passes(confidence):
+                break
+        q_high = choose_q_high(trials, confidence)
+        one_training_s = reference_s
+    else:
+        model = train(parts[0], "training phase: scorer")
+    scorer = scorer_of(model)
+    calibration_scores, calibration_logits = score_in_batches(scorer, calibration.x, calibration.y)
     elapsed = time.perf_counter() - start
-    sizes = {
-        "d0_train": len(train_part),
-        "proxy": len(proxy),
-        "validation": len(validation) if validation is not None else 0,
-    }
-    thresholds = band(
-        q_high,
-        {
-            "reference_accuracy": reference,
-            "trials": [asdict(t) for t in trials],
-            "tolerance": tolerance,
-            "cost_ratio": elapsed / scorer_train_s,
-            "sizes": sizes,
-        },
+    sizes = {name: len(part) for name, part in zip(("d0_train", "proxy", "validation"), parts)}
+    if len(parts) == 2:
+        sizes = {"scorer_train": len(parts[0]), "calibration": len(calibration)}
+    summary = _summary(
+        q_high, reference_accuracy, trials, trainings, one_training_s, elapsed, confidence, sizes
+    )
+    thresholds = bands_for_scorer(
+        scorer,
+        calibration_scores,
+        calibration.y,
+        d0.num_classes,
+        q_high=q_high,
+        q_low=q_low,
+        min_class_points=min_class_points,
+        metadata={"training_phase": summary},
     )
     return TrainingPhaseResult(
         scorer=scorer,
         thresholds=thresholds,
         q_high=q_high,
-        reference_accuracy=reference,
+        reference_accuracy=reference_accuracy,
         trials=trials,
-        scorer_train_s=scorer_train_s,
+        trainings=trainings,
+        one_training_s=one_training_s,
         elapsed_s=elapsed,
+        confidence=confidence,
         sizes=sizes,
-        proxy=proxy,
-        proxy_scores=proxy_scores,
-        proxy_logits=proxy_logits,
+        calibration=calibration,
+        calibration_scores=calibration_scores,
+        calibration_logits=calibration_logits,
+    )
+
+
+def _join(first: LabelledData, second: LabelledData) -> LabelledData:
+    return LabelledData(
+        first.name,
+        torch.cat([first.x, second.x]),
+        torch.cat([first.y, second.y]),
+        first.num_classes,
+        first.class_names,
     )

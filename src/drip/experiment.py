@@ -3,28 +3,24 @@
 Per seed: split off a test set (where the data set has none), split the rest, stratified, into the
 initial set D0 and the stream S; optionally corrupt a fraction of S (D0 and the test set stay
 clean); run the Training Phase on D0; stream S through ``DripFilter`` into a ``SampleStore`` file;
-then train a fresh model on D0 plus each arm's share of S, every arm from the same initialisation
-and with the same optimiser-step budget (``budget="epochs"`` instead gives every arm the same
-epochs, so smaller sets get fewer steps):
+then train a fresh model on D0 plus each arm's share of S (``drip.arms``), every arm from the same
+initialisation and with the same optimiser-step budget (``budget="epochs"`` instead gives every
+arm the same epochs, so smaller sets get fewer steps). ``full`` stores all of S (``full-clean``:
+S before corruption, with noise only); ``drip`` retrains from the store itself.
 
-* ``full``: all of S (``full-clean``: S before corruption, with noise only);
-* ``drip``: what the filter stored;
-* equal storage, exactly DRIP's kept count: ``random``, ``reservoir`` (class-balanced, online),
-  ``loss``, ``margin``, ``entropy``, ``el2n`` (the most informative samples under the scorer model);
-* online bands at DRIP's quantiles: ``loss-band`` (the band rule on the negative loss) and
-  ``drip-rank`` (see ``drip.selectors``), each with its own storage;
-* the sweep: DRIP's band at each q_high of ``sweep`` and RANDOM at each resulting size.
+The sweep repeats every arm but FULL at each band of ``sweep``: the bands at that q_high, the
+equal-count controls at DRIP's count there. Storage saving is 1 - kept / seen over S. With noise,
+every arm also reports the precision and recall with which it dropped the corrupted samples.
 
-Storage saving is 1 - kept / seen over S. With noise, every arm also reports the precision and
-recall with which it dropped the corrupted samples. Results go to ``results.json``;
-``drip.report`` renders tables and plots from it alone.
+Each finished seed is written to ``seed<n>/record.json`` at once: a run that was interrupted
+resumes with the next seed. Results go to ``results.json``; ``drip.report`` renders tables and
+plots from it alone.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -35,20 +31,29 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import selectors
-from .calibrate import DEFAULT_CANDIDATES, TrainingPhaseResult, training_phase
+from .arms import ARMS, BANDS, Evidence, StreamSignals
+from .atomic import write_atomically
+from .calibrate import (
+    DEFAULT_CANDIDATES,
+    DEFAULT_CONFIDENCE,
+    TrainingPhaseResult,
+    expected_trainings,
+    training_phase,
+)
+from .cam import CAM_METHODS
 from .data.base import LabelledData, stratified_split
 from .errors import DripInputError
 from .filter import DripFilter
 from .models import build_model
-from .score import DripScorer
+from .score import DEFAULT_CAM, DEFAULT_TARGET, TARGETS, DripScorer, score_in_batches
 from .store import SampleStore
 from .train import TrainConfig, evaluate, fit, predict_logits
 from .validation import check_fraction
 
-ARMS = ("full", "drip", "random", "reservoir", "loss", "margin", "entropy", "el2n", "loss-band", "drip-rank")
-DEMO_ARMS = ("full", "drip", "random", "loss")
-EQUAL_COUNT = ("random", "reservoir", "loss", "margin", "entropy", "el2n")
-DEFAULT_SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+DEMO_ARMS = ("full", "drip", "drip-paper", "random", "loss")
+DEFAULT_SWEEP = (0.2, 0.3, 0.4, 0.5, 0.6)
+# The paper's score: Grad-CAM (plain gradient-average weights) of the label's logit.
+PAPER_TARGET, PAPER_CAM = "label", "gradcam"
 GALLERY_SIZE = 8
 Noise = Literal["none", "label", "gaussian"]
 
@@ -80,8 +85,10 @@ class ExperimentConfig:
     q_high: float | None = None
     candidates: tuple[float, ...] = DEFAULT_CANDIDATES
     q_low: float = 0.0
-    tolerance: float = 0.005
+    confidence: float = DEFAULT_CONFIDENCE
     statistic: str = "mean"
+    target: str = DEFAULT_TARGET
+    cam: str = DEFAULT_CAM
     arms: tuple[str, ...] = ARMS
     sweep: tuple[float, ...] = DEFAULT_SWEEP
     noise: Noise = "none"
@@ -93,6 +100,10 @@ class ExperimentConfig:
         unknown = set(self.arms) - set(ARMS)
         if unknown or "drip" not in self.arms:
             raise DripInputError(f"arms: expected 'drip' and any of {ARMS}, got {list(self.arms)}")
+        if self.target not in TARGETS:
+            raise DripInputError(f"target: expected one of {TARGETS}, got {self.target!r}")
+        if self.cam not in CAM_METHODS:
+            raise DripInputError(f"cam: expected one of {CAM_METHODS}, got {self.cam!r}")
         if self.seeds < 1:
             raise DripInputError(f"seeds: expected at least 1, got {self.seeds}")
         if self.budget not in ("steps", "epochs"):
@@ -200,17 +211,14 @@ def _stream_through_filter(
     return kept, scores, (stored_x, stored_y), asdict(drip_filter.counters)
 
 
-def run_seed(
-    config: ExperimentConfig,
-    pool: LabelledData,
-    test: LabelledData | None,
-    seed: int,
-    workdir: Path,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """One seed of the protocol; the stream's store lives in ``workdir``."""
-    start = time.perf_counter()
-    generator = torch.Generator().manual_seed(seed)
+def seed_splits(
+    config: ExperimentConfig, pool: LabelledData, test: LabelledData | None, seed: int
+) -> tuple[LabelledData, LabelledData, LabelledData]:
+    """The initial set D0, the (clean) stream S and the test set of one seed, all stratified.
+
+    The pool is first cut to ``config.pool_limit``; without an official test set, ``test_fraction``
+    of the pool becomes the test set.
+    """
     if config.pool_limit is not None and config.pool_limit < len(pool):
         fraction = config.pool_limit / len(pool)
         pool = pool.subset(stratified_split(pool.y, (fraction, 1 - fraction), seed + 2000)[0])
@@ -222,69 +230,57 @@ def run_seed(
     d0_index, stream_index = stratified_split(
         pool.y, (config.initial_fraction, 1 - config.initial_fraction), seed + 1000
     )
-    d0, clean_stream = pool.subset(d0_index), pool.subset(stream_index)
-    stream, corrupted = corrupt(clean_stream, config.noise, config.noise_rate, config.noise_std, generator)
+    return pool.subset(d0_index), pool.subset(stream_index), test
 
-    def factory() -> nn.Module:
-        return build_model(config.model, pool.num_classes)
 
-    phase = training_phase(
-        d0,
-        factory,
-        config.train_config(),
-        q_high=config.q_high,
-        candidates=config.candidates,
-        q_low=config.q_low,
-        tolerance=config.tolerance,
-        statistic=config.statistic,
-        seed=seed,
-        progress=progress,
-    )
-    workdir.mkdir(parents=True, exist_ok=True)
-    kept, scores, stored, counters = _stream_through_filter(
-        phase, stream, workdir / "kept.sqlite", config.stream_batch, progress, seed
-    )
-    kept_count = int(kept.sum())
-    # The loss-based selectors need the stream's logits: a forward pass, not another Grad-CAM.
-    stream_logits = predict_logits(phase.model, stream.x)
-    stream_losses = selectors.loss_values(stream_logits, stream.y)
-    proxy = phase.proxy
-    proxy_losses = selectors.loss_values(phase.proxy_logits, proxy.y)
+class _ArmTrainer:
+    """Trains one fresh model per arm on D0 plus the arm's share of the stream, and evaluates it.
 
-    full_size = len(d0) + len(stream)
-    arms: dict[str, dict[str, Any]] = {}
+    Every arm starts from the same initialisation (the seed's) with the same optimiser-step
+    budget (``budget="epochs"``: the same epochs instead). Records carry the noise statistics.
+    """
 
-    def train_arm(
-        name: str, keep: torch.Tensor | None, data: tuple[torch.Tensor, torch.Tensor] | None = None
+    def __init__(self, config, d0, stream, test, corrupted, seed, progress, bar) -> None:
+        self.config, self.d0, self.stream, self.test = config, d0, stream, test
+        self.corrupted, self.seed, self.progress, self.bar = corrupted, seed, progress, bar
+
+    def model(self) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return build_model(self.config.model, self.d0.num_classes)
+
+    def train(
+        self, name: str, keep: torch.Tensor | None, data: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> dict[str, Any]:
         """Train on D0 + ``data`` (default: the stream samples in mask ``keep``) and evaluate.
 
         ``keep`` also tells which stream samples the arm stored, for the noise statistics.
         """
+        config, stream = self.config, self.stream
         extra_x, extra_y = data if data is not None else (stream.x[keep], stream.y[keep])
-        train_x, train_y = torch.cat([d0.x, extra_x]), torch.cat([d0.y, extra_y])
+        train_x, train_y = torch.cat([self.d0.x, extra_x]), torch.cat([self.d0.y, extra_y])
         steps = config.steps
         if config.budget == "epochs":
-            steps = max(1, round(config.steps * len(train_x) / full_size))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = factory()
+            steps = max(1, round(config.steps * len(train_x) / (len(self.d0) + len(stream))))
+        model = self.model()
         fit(
             model,
             train_x,
             train_y,
             config.train_config(steps),
-            seed=seed,
-            progress=progress,
-            desc=f"seed {seed}: {name}",
+            seed=self.seed,
+            progress=self.progress,
+            desc=f"seed {self.seed}: {name}",
         )
+        self.bar.update()
         record: dict[str, Any] = {
-            "accuracy": evaluate(model, test.x, test.y),
+            "accuracy": evaluate(model, self.test.x, self.test.y),
             "train_size": len(train_x),
             "kept": len(extra_x),
             "saving": 1 - len(extra_x) / len(stream),
             "steps": steps,
         }
+        corrupted = self.corrupted
         if keep is not None and corrupted.any():
             record.update(_noise_stats(keep, corrupted))
             if config.noise == "label" and (keep & corrupted).any():
@@ -294,87 +290,134 @@ def run_seed(
                 record["noise_fit"] = float((predicted == stream.y[noisy]).float().mean())
         return record
 
-    def mask_of(index: torch.Tensor) -> torch.Tensor:
-        mask = torch.zeros(len(stream), dtype=torch.bool)
-        mask[index] = True
-        return mask
 
-    keep_of: dict[str, Callable[[], torch.Tensor]] = {
-        "full": lambda: torch.ones(len(stream), dtype=torch.bool),
-        "random": lambda: mask_of(selectors.random_count(len(stream), kept_count, generator)),
-        "reservoir": lambda: mask_of(selectors.class_balanced_reservoir(stream.y, kept_count, generator)),
-        "loss-band": lambda: selectors.band_keep(
-            -stream_losses,
-            stream.y,
-            -proxy_losses,
-            proxy.y,
-            pool.num_classes,
-            q_high=phase.q_high,
-            q_low=config.q_low,
-        ),
-        "drip-rank": lambda: selectors.drip_rank_keep(
-            scores,
-            stream_losses,
-            stream.y,
-            phase.proxy_scores,
-            proxy_losses,
-            proxy.y,
-            drop_fraction=phase.q_high + config.q_low,
-            generator=generator,
+def _is_paper_score(config: ExperimentConfig) -> bool:
+    return config.target == PAPER_TARGET and config.cam == PAPER_CAM
+
+
+def _signals(
+    config: ExperimentConfig,
+    phase: TrainingPhaseResult,
+    stream: LabelledData,
+    scores: torch.Tensor,
+    seed: int,
+) -> StreamSignals:
+    """The evidence of every band arm on the stream and on P, and the stream's logits."""
+    proxy, proxy_scores, proxy_logits = phase.calibration, phase.calibration_scores, phase.calibration_logits
+    assert proxy is not None and proxy_scores is not None and proxy_logits is not None
+    # The loss-based arms need the stream's logits: a forward pass, not another Grad-CAM.
+    logits = predict_logits(phase.model, stream.x)
+    evidence = {
+        "drip": Evidence(scores, proxy_scores),
+        "loss-band": Evidence(
+            -selectors.loss_values(logits, stream.y), -selectors.loss_values(proxy_logits, proxy.y)
         ),
     }
-    for kind, informativeness in selectors.INFORMATIVENESS.items():
-        keep_of[kind] = lambda f=informativeness: mask_of(
-            selectors.top_count(f(stream_logits, stream.y), kept_count)
-        )
-    for arm in config.arms:
-        if arm == "drip":
-            arms[arm] = train_arm(arm, kept, stored)  # retrained from the store itself
+    if "drip-paper" in config.arms:
+        if _is_paper_score(config):
+            evidence["drip-paper"] = evidence["drip"]
         else:
-            arms[arm] = train_arm(arm, keep_of[arm]())
-    if corrupted.any():
-        arms["full-clean"] = train_arm("full-clean", None, (clean_stream.x, clean_stream.y))
+            paper = DripScorer(
+                phase.model, phase.scorer.layer_name, config.statistic, PAPER_TARGET, cam=PAPER_CAM
+            )
+            evidence["drip-paper"] = Evidence(
+                score_in_batches(paper, stream.x, stream.y)[0].double(),
+                score_in_batches(paper, proxy.x, proxy.y)[0],
+            )
+    generator = torch.Generator().manual_seed(seed)
+    return StreamSignals(stream, proxy.y, evidence, logits, config.q_low, generator)
 
+
+def _arms_at(
+    config: ExperimentConfig,
+    signals: StreamSignals,
+    trainer: _ArmTrainer,
+    drip_keep: torch.Tensor,
+    q_high: float,
+    done: dict[str, dict[str, Any]],
+    stored: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Every arm of ``config.arms`` but FULL at band ``q_high``; DRIP keeps ``drip_keep``.
+
+    Arms in ``done`` are not trained again; ``stored``: DRIP's samples read back from the store.
+    """
+    count = int(drip_keep.sum())
+    records: dict[str, dict[str, Any]] = {}
+    for arm in config.arms:
+        if arm == "full":
+            continue
+        if arm in done:
+            records[arm] = done[arm]
+        elif arm == "drip":
+            records[arm] = trainer.train(f"drip q={q_high:g}", drip_keep, stored)
+        elif arm == "drip-paper" and _is_paper_score(config):
+            records[arm] = records["drip"]  # the same score and band: the same samples
+        elif arm in BANDS:
+            records[arm] = trainer.train(f"{arm} q={q_high:g}", signals.band(arm, q_high))
+        else:
+            records[arm] = trainer.train(f"{arm} {count}", signals.equal_count(arm, count))
+    return records
+
+
+def run_seed(
+    config: ExperimentConfig,
+    pool: LabelledData,
+    test: LabelledData | None,
+    seed: int,
+    workdir: Path,
+    progress: bool = True,
+    bar: tqdm | None = None,
+) -> dict[str, Any]:
+    """One seed of the protocol; the stream's store lives in ``workdir``; ``bar`` counts trainings."""
+    start = time.perf_counter()
+    bar = bar if bar is not None else tqdm(disable=True)
+    d0, clean_stream, test = seed_splits(config, pool, test, seed)
+    generator = torch.Generator().manual_seed(seed)
+    stream, corrupted = corrupt(clean_stream, config.noise, config.noise_rate, config.noise_std, generator)
+    phase = training_phase(
+        d0,
+        lambda: build_model(config.model, pool.num_classes),
+        config.train_config(),
+        q_high=config.q_high,
+        candidates=config.candidates,
+        q_low=config.q_low,
+        confidence=config.confidence,
+        statistic=config.statistic,
+        target=config.target,
+        cam=config.cam,
+        seed=seed,
+        progress=progress,
+    )
+    bar.update(phase.trainings)
+    workdir.mkdir(parents=True, exist_ok=True)
+    kept, scores, stored, counters = _stream_through_filter(
+        phase, stream, workdir / "kept.sqlite", config.stream_batch, progress, seed
+    )
+    signals = _signals(config, phase, stream, scores, seed)
+    trainer = _ArmTrainer(config, d0, stream, test, corrupted, seed, progress, bar)
+    arms: dict[str, dict[str, Any]] = {}
+    if "full" in config.arms:
+        arms["full"] = trainer.train("full", torch.ones(len(stream), dtype=torch.bool))
+    arms.update(_arms_at(config, signals, trainer, kept, phase.q_high, {}, stored))
+    if corrupted.any():
+        arms["full-clean"] = trainer.train("full-clean", None, (clean_stream.x, clean_stream.y))
     sweep = []
     for q in config.sweep:
-        band = selectors.band_keep(
-            scores, stream.y, phase.proxy_scores, proxy.y, pool.num_classes, q_high=q, q_low=config.q_low
-        )
+        band = signals.band("drip", q)
+        # At DRIP's own band the arms already hold the answers: none is trained again.
+        same = q == phase.q_high and torch.equal(band, kept)
+        at_q = _arms_at(config, signals, trainer, band, q, arms if same else {})
         count = int(band.sum())
-        # At DRIP's own band the DRIP and RANDOM arms already hold the answer: train neither again.
-        same = q == phase.q_high and count == kept_count
-        drip_record = arms["drip"] if same else train_arm(f"sweep q={q}", band)
-        if same and "random" in arms:
-            random_record = arms["random"]
-        else:
-            random_record = train_arm(
-                f"sweep random {count}", mask_of(selectors.random_count(len(stream), count, generator))
-            )
-        sweep.append(
-            {
-                "q_high": q,
-                "kept": count,
-                "saving": 1 - count / len(stream),
-                "drip": drip_record["accuracy"],
-                "random": random_record["accuracy"],
-            }
-        )
-
+        sweep.append({"q_high": q, "kept": count, "saving": 1 - count / len(stream), "arms": at_q})
     return {
         "seed": seed,
         "sizes": {"test": len(test), "d0": len(d0), "stream": len(stream)},
         "q_high": phase.q_high,
         "thresholds": phase.thresholds.to_dict(),
-        "training_phase": {
-            "cost_ratio": phase.cost_ratio,
-            "elapsed_s": phase.elapsed_s,
-            "scorer_train_s": phase.scorer_train_s,
-            "reference_accuracy": phase.reference_accuracy,
-            "trials": [asdict(t) for t in phase.trials],
-        },
+        "training_phase": phase.summary(),
         "stream": {
             "seen": len(stream),
-            "kept": kept_count,
+            "kept": int(kept.sum()),
             "labels": stream.y.tolist(),
             "scores": scores.tolist(),
             "kept_mask": kept.int().tolist(),
@@ -388,8 +431,34 @@ def run_seed(
     }
 
 
-# 2: per-arm records with sweep and noise statistics (1 was the first demo's per-seed fields).
-RESULTS_VERSION = 2
+def planned_trainings(config: ExperimentConfig) -> int:
+    """How many trainings one seed runs (at most: the sweep may reuse DRIP's own band)."""
+    arms = len(set(config.arms) - ({"drip-paper"} if _is_paper_score(config) else set()))
+    noise = 1 if config.noise != "none" and config.noise_rate > 0 else 0
+    sweep = len(config.sweep) * (arms - ("full" in config.arms))
+    return expected_trainings(config.q_high) + arms + noise + sweep
+
+
+# 3: the sweep holds every arm at every band; the Training Phase's own summary.
+RESULTS_VERSION = 3
+
+
+def _finished_seed(path: Path, config: ExperimentConfig) -> dict[str, Any] | None:
+    """The record of a seed an earlier run finished with the same config, else None."""
+    if not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None  # half-written by a killed run cannot happen (atomic), but a damaged file is redone
+    if saved.get("version") != RESULTS_VERSION:
+        return None
+    if saved.get("config") != json.loads(json.dumps(asdict(config))):
+        raise DripInputError(
+            f"{path.parent.parent}: holds a run with another configuration; use another --out "
+            "folder, or delete this one to start over"
+        )
+    return saved["record"]
 
 
 def run_experiment(
@@ -402,14 +471,25 @@ def run_experiment(
 ) -> dict[str, Any]:
     """All seeds of the protocol; writes and returns ``results.json``'s content.
 
+    Seeds an earlier run in ``out`` finished with the same config are read back, not redone.
     ``source`` says where the data came from (e.g. the folder), for the reader of the report.
     """
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    seeds = [
-        run_seed(config, pool, test, seed, out / f"seed{seed}", progress)
-        for seed in tqdm(range(config.seeds), desc="seeds", disable=not progress)
-    ]
+    seeds = []
+    with tqdm(
+        total=config.seeds * planned_trainings(config), desc="trainings", unit="model", disable=not progress
+    ) as bar:
+        for seed in range(config.seeds):
+            path = out / f"seed{seed}" / "record.json"
+            record = _finished_seed(path, config)
+            if record is None:
+                record = run_seed(config, pool, test, seed, path.parent, progress, bar)
+                saved = {"version": RESULTS_VERSION, "config": asdict(config), "record": record}
+                write_atomically(path, (json.dumps(saved) + "\n").encode())
+            bar.total = bar.n + (config.seeds - seed - 1) * planned_trainings(config)
+            bar.refresh()
+            seeds.append(record)
     results = {
         "format": "drip-results",
         "version": RESULTS_VERSION,
@@ -424,5 +504,5 @@ def run_experiment(
         "elapsed_s": time.perf_counter() - start,
         "seeds": seeds,
     }
-    (out / "results.json").write_text(json.dumps(results) + "\n")
+    write_atomically(out / "results.json", (json.dumps(results) + "\n").encode())
     return results

@@ -83,6 +83,7 @@ class DripFilter:
                 ("statistic", thresholds.statistic, scorer.statistic),
                 ("layer", thresholds.layer, scorer.layer_name),
                 ("target", thresholds.target, scorer.target),
+                ("cam", thresholds.cam, scorer.cam_method),
             ):
                 if expected and expected != found:
                     raise DripModelMismatchError(

@@ -24,6 +24,7 @@ ARM_TITLES = {
     "full": "FULL",
     "full-clean": "FULL (clean stream)",
     "drip": "DRIP",
+    "drip-paper": "DRIP (paper's score)",
     "random": "RANDOM",
     "reservoir": "class-balanced reservoir",
     "loss": "LOSS",
@@ -31,7 +32,6 @@ ARM_TITLES = {
     "entropy": "entropy",
     "el2n": "EL2N",
     "loss-band": "loss band (DRIP's quantiles)",
-    "drip-rank": "drip-rank",
 }
 
 
@@ -64,15 +64,22 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                 for key in ("noise_precision", "noise_recall", "noise_fit")
             },
         }
-    sweep = [
-        {
-            "q_high": point["q_high"],
-            "saving": _stats([s["sweep"][i]["saving"] for s in seeds]),
-            "drip": _stats([s["sweep"][i]["drip"] for s in seeds]),
-            "random": _stats([s["sweep"][i]["random"] for s in seeds]),
-        }
-        for i, point in enumerate(seeds[0]["sweep"])
-    ]
+    sweep = []
+    for i, point in enumerate(seeds[0]["sweep"]):
+        points = [s["sweep"][i] for s in seeds]
+        sweep.append(
+            {
+                "q_high": point["q_high"],
+                "saving": _stats([p["saving"] for p in points]),
+                "arms": {
+                    arm: {
+                        "accuracy": _stats([p["arms"][arm]["accuracy"] for p in points]),
+                        "saving": _stats([p["arms"][arm]["saving"] for p in points]),
+                    }
+                    for arm in point["arms"]
+                },
+            }
+        )
     config = results["config"]
     summary = {
         "dataset": results["dataset"],
@@ -81,6 +88,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "budget": results["budget"],
         "steps": config["steps"],
         "statistic": config["statistic"],
+        "target": config["target"],
+        "cam": config["cam"],
         "noise": {"kind": config["noise"], "rate": config["noise_rate"]},
         "q_low": config["q_low"],
         "storage_saving": _stats([1 - s["stream"]["kept"] / s["stream"]["seen"] for s in seeds]),
@@ -94,29 +103,49 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "elapsed_s": results["elapsed_s"],
         "threads": results["threads"],
     }
+    summary["headline"] = headline(summary)
     summary["verdict"] = _verdict(summary)
     return summary
 
 
+def _paired(summary: dict[str, Any], arm: str, other: str) -> tuple[float, int, int]:
+    """Mean per-seed accuracy difference arm - other (pp), seeds where arm is higher, seeds."""
+    diffs = [
+        a - o for a, o in zip(summary["accuracy"][arm]["per_seed"], summary["accuracy"][other]["per_seed"])
+    ]
+    return 100 * statistics.fmean(diffs), sum(d > 0 for d in diffs), len(diffs)
+
+
 def _compare(summary: dict[str, Any], arm: str) -> str:
-    drip = summary["accuracy"]["drip"]["per_seed"]
-    other = summary["accuracy"][arm]["per_seed"]
-    diffs = [d - o for d, o in zip(drip, other)]
-    mean = 100 * statistics.fmean(diffs)
-    wins = sum(d > 0 for d in diffs)
+    mean, wins, seeds = _paired(summary, "drip", arm)
     relation = "above" if mean > 0 else "below" if mean < 0 else "level with"
     return (
         f"DRIP is {relation} {ARM_TITLES.get(arm, arm)} by {abs(mean):.2f} pp on average "
-        f"(higher in {wins} of {len(diffs)} seeds)."
+        f"(higher in {wins} of {seeds} seeds)."
     )
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """The one-line verdict: DRIP's saving and accuracy, against FULL and RANDOM at equal storage."""
+    accuracy = summary["accuracy"]
+    line = (
+        f"DRIP stored {summary['storage_saving']['mean']:.1%} less of the stream than FULL, at "
+        f"{100 * accuracy['drip']['mean']:.2f}% test accuracy"
+    )
+    against = [
+        f"{_paired(summary, 'drip', arm)[0]:+.2f} pp against {ARM_TITLES[arm]}"
+        + (" at the same storage" if arm == "random" else "")
+        for arm in ("full", "random")
+        if arm in accuracy
+    ]
+    return line + (": " + " and ".join(against) if against else "") + f" ({len(summary['seeds'])} seeds)."
 
 
 def _verdict(summary: dict[str, Any]) -> list[str]:
     """Plain sentences on how DRIP compares with each control (the point is to measure)."""
     accuracy = summary["accuracy"]
     saving = summary["storage_saving"]["mean"]
-    lines = [f"DRIP stored {saving:.1%} less of the stream than FULL."]
-    lines += [_compare(summary, arm) for arm in accuracy if arm != "drip"]
+    lines = [_compare(summary, arm) for arm in accuracy if arm != "drip"]
     if "full" in accuracy:
         gap = 100 * (accuracy["drip"]["mean"] - accuracy["full"]["mean"])
         met = saving >= 0.39 and gap >= -0.2
@@ -136,8 +165,52 @@ def _percent(values: dict[str, Any] | None) -> str:
     return "" if values is None else f"{100 * values['mean']:.1f}"
 
 
+def _sweep_table(summary: dict[str, Any]) -> list[str]:
+    """Every arm's accuracy at every band of the sweep, and DRIP's paired gaps."""
+    sweep = summary["sweep"]
+    arms = list(sweep[0]["arms"])
+    lines = [
+        "",
+        "Every arm at each band of the sweep (bands: their own storage at that q_high; the other "
+        "controls: DRIP's count there). Test accuracy (%), mean ± std over seeds:",
+        "",
+        "| arm | " + " | ".join(f"q_high {p['q_high']:g}" for p in sweep) + " |",
+        "|---|" + "--:|" * len(sweep),
+        "| DRIP's storage saving (%) | "
+        + " | ".join(f"{100 * p['saving']['mean']:.1f}" for p in sweep)
+        + " |",
+    ]
+    for arm in arms:
+        cells = [
+            f"{100 * p['arms'][arm]['accuracy']['mean']:.2f} ± {100 * p['arms'][arm]['accuracy']['std']:.2f}"
+            for p in sweep
+        ]
+        lines.append(f"| {ARM_TITLES.get(arm, arm)} | " + " | ".join(cells) + " |")
+    full = summary["accuracy"].get("full")
+    for other, title in (("random", "RANDOM"), ("loss", "LOSS"), ("drip-paper", "paper's score")):
+        if other not in arms or other == "drip":
+            continue
+        cells = []
+        for p in sweep:
+            diffs = [
+                d - o
+                for d, o in zip(
+                    p["arms"]["drip"]["accuracy"]["per_seed"], p["arms"][other]["accuracy"]["per_seed"]
+                )
+            ]
+            cells.append(f"{100 * statistics.fmean(diffs):+.2f} ({sum(d > 0 for d in diffs)}/{len(diffs)})")
+        lines.append(f"| DRIP - {title} (pp, seeds higher) | " + " | ".join(cells) + " |")
+    if full is not None:
+        cells = []
+        for p in sweep:
+            diffs = [d - f for d, f in zip(p["arms"]["drip"]["accuracy"]["per_seed"], full["per_seed"])]
+            cells.append(f"{100 * statistics.fmean(diffs):+.2f} ({sum(d > 0 for d in diffs)}/{len(diffs)})")
+        lines.append("| DRIP - FULL (pp, seeds higher) | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(summary: dict[str, Any]) -> str:
-    """The summary as markdown tables (arms, then the band sweep) with the verdict under them."""
+    """The summary as markdown: the one-line verdict, the arms, the sweep, then the details."""
     seen = summary["seen"]["mean"]
     noise = summary["noise"]
     noisy = noise["kind"] != "none"
@@ -147,7 +220,8 @@ def markdown(summary: dict[str, Any]) -> str:
     else:
         budget = f"every arm trained for {summary['steps']} optimiser steps"
     setup = (
-        f"{len(summary['seeds'])} seed(s); {budget}; score statistic `{summary['statistic']}`; "
+        f"{len(summary['seeds'])} seed(s); {budget}; DRIP's score: the `{summary['statistic']}` of the "
+        f"`{summary['cam']}` map of the `{summary['target']}` target; "
         f"Training Phase cost {summary['training_phase_cost_ratio']['mean']:.1f}x one training; "
         f"chosen q_high {chosen}"
     )
@@ -162,7 +236,16 @@ def markdown(summary: dict[str, Any]) -> str:
         rule += "---|---|---|"
     if summary["data_source"]:
         setup += f". Data: {summary['data_source']}"
-    lines = [f"# drip: {summary['dataset']}", "", setup + ".", "", header, rule]
+    lines = [
+        f"# drip: {summary['dataset']}",
+        "",
+        f"**{headline(summary)}**",
+        "",
+        setup + ".",
+        "",
+        header,
+        rule,
+    ]
     for arm, values in summary["arms"].items():
         accuracy = values["accuracy"]
         cells = [
@@ -175,22 +258,7 @@ def markdown(summary: dict[str, Any]) -> str:
             cells += [_percent(values[key]) for key in ("noise_precision", "noise_recall", "noise_fit")]
         lines.append("| " + " | ".join(cells) + " |")
     if summary.get("sweep"):
-        lines += [
-            "",
-            "DRIP's band at each q_high against RANDOM of the same size:",
-            "",
-            "| q_high | storage saving (%) | DRIP (%) | RANDOM (%) | DRIP - RANDOM (pp) |",
-            "|---|---|---|---|---|",
-        ]
-        for point in summary["sweep"]:
-            diffs = [d - r for d, r in zip(point["drip"]["per_seed"], point["random"]["per_seed"])]
-            wins = sum(d > 0 for d in diffs)
-            lines.append(
-                f"| {point['q_high']:g} | {100 * point['saving']['mean']:.1f} "
-                f"| {100 * point['drip']['mean']:.2f} ± {100 * point['drip']['std']:.2f} "
-                f"| {100 * point['random']['mean']:.2f} ± {100 * point['random']['std']:.2f} "
-                f"| {100 * statistics.fmean(diffs):+.2f} ({wins}/{len(diffs)} seeds) |"
-            )
+        lines += _sweep_table(summary)
     lines += ["", *(f"- {line}" for line in summary["verdict"]), ""]
     return "\n".join(lines)
 
@@ -231,7 +299,11 @@ def plot_scores(results: dict[str, Any], path: Path, seed_index: int = 0) -> Non
         f"(dashed: high threshold, dotted: low); q_high = {seed['q_high']:g}",
         fontsize=10,
     )
-    fig.supxlabel("DRIP score (mean of the label's Grad-CAM map)", fontsize=9)
+    fig.supxlabel(
+        f"DRIP score ({results['config']['statistic']} of the Grad-CAM map of the "
+        f"{results['config']['target']} target)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -288,7 +360,7 @@ def plot_gallery(results: dict[str, Any], path: Path, seed_index: int = 0) -> No
         )
     fig.suptitle(
         f"{results['dataset']}, seed {seed['seed']}: kept (top) and dropped (bottom), "
-        "ordered by DRIP score, with Grad-CAM of the label"
+        f"ordered by DRIP score, with Grad-CAM of the {results['config']['target']} target"
         + (
             " (MFCC: time left to right, coefficients top to bottom)"
             if results["input_shape"][1:] == [49, 10]
@@ -301,8 +373,22 @@ def plot_gallery(results: dict[str, Any], path: Path, seed_index: int = 0) -> No
     plt.close(fig)
 
 
+# Marker and colour of each arm in the accuracy-vs-saving plot.
+_STYLES = {
+    "drip": ("*", "tab:blue"),
+    "drip-paper": ("o", "tab:cyan"),
+    "random": ("s", "tab:gray"),
+    "reservoir": ("D", "tab:olive"),
+    "loss": ("^", "tab:green"),
+    "margin": ("v", "tab:red"),
+    "entropy": ("P", "tab:purple"),
+    "el2n": ("<", "tab:brown"),
+    "loss-band": (">", "tab:pink"),
+}
+
+
 def plot_accuracy_vs_saving(summary: dict[str, Any], path: Path) -> None:
-    """Test accuracy against storage saving: DRIP's sweep, RANDOM at each size, every control."""
+    """Test accuracy against storage saving: every arm along the sweep, the chosen band starred."""
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     arms = summary["arms"]
     if "full" in arms:
@@ -312,58 +398,33 @@ def plot_accuracy_vs_saving(summary: dict[str, Any], path: Path) -> None:
             100 * (full["mean"] - full["std"]), 100 * (full["mean"] + full["std"]), color="black", alpha=0.08
         )
     sweep = summary.get("sweep") or []
-    if sweep:
-        savings = [100 * p["saving"]["mean"] for p in sweep]
-        for key, colour, label in (
-            ("drip", "tab:blue", "DRIP band sweep"),
-            ("random", "tab:gray", "RANDOM, same size"),
-        ):
+    for arm, (marker, colour) in _STYLES.items():
+        points = [p["arms"][arm] for p in sweep if arm in p["arms"]]
+        if points:
             ax.errorbar(
-                savings,
-                [100 * p[key]["mean"] for p in sweep],
-                yerr=[100 * p[key]["std"] for p in sweep],
+                [100 * p["saving"]["mean"] for p in points],
+                [100 * p["accuracy"]["mean"] for p in points],
+                yerr=[100 * p["accuracy"]["std"] for p in points],
                 color=colour,
-                marker="o",
-                markersize=4,
-                capsize=3,
-                label=label,
+                marker=marker,
+                markersize=9 if arm == "drip" else 4,
+                linewidth=2.2 if arm == "drip" else 1,
+                capsize=2,
+                label=ARM_TITLES[arm],
             )
-        for p, x in zip(sweep, savings):
-            ax.annotate(
-                f"q={p['q_high']:g}",
-                (x, 100 * p["drip"]["mean"]),
-                textcoords="offset points",
-                xytext=(0, 6),
-                fontsize=7,
-                ha="center",
-                color="tab:blue",
+        if arm in arms:  # the arms at the band the Training Phase chose
+            values = arms[arm]
+            ax.errorbar(
+                100 * values["saving"]["mean"],
+                100 * values["accuracy"]["mean"],
+                yerr=100 * values["accuracy"]["std"],
+                marker=marker,
+                markersize=16 if arm == "drip" else 7,
+                markeredgecolor="black",
+                color=colour,
+                linestyle="none",
+                label=None if points else ARM_TITLES[arm],
             )
-    styles = {
-        "drip": ("*", "tab:blue", 14),
-        "random": ("s", "tab:gray", 7),
-        "reservoir": ("D", "tab:olive", 6),
-        "loss": ("^", "tab:green", 7),
-        "margin": ("v", "tab:red", 7),
-        "entropy": ("P", "tab:purple", 7),
-        "el2n": ("<", "tab:brown", 7),
-        "loss-band": (">", "tab:pink", 7),
-        "drip-rank": ("h", "tab:cyan", 8),
-    }
-    for arm, values in arms.items():
-        if arm not in styles:
-            continue
-        marker, colour, size = styles[arm]
-        ax.errorbar(
-            100 * values["saving"]["mean"],
-            100 * values["accuracy"]["mean"],
-            yerr=100 * values["accuracy"]["std"],
-            capsize=2,
-            marker=marker,
-            markersize=size,
-            color=colour,
-            linestyle="none",
-            label=ARM_TITLES.get(arm, arm),
-        )
     if "full-clean" in arms:
         ax.axhline(
             100 * arms["full-clean"]["accuracy"]["mean"],
@@ -378,7 +439,7 @@ def plot_accuracy_vs_saving(summary: dict[str, Any], path: Path) -> None:
     title = f"{summary['dataset']}: accuracy vs storage ({len(summary['seeds'])} seeds, "
     title += f"{summary['budget']} budget"
     title += f", {noise['kind']} noise {noise['rate']:.0%})" if noise["kind"] != "none" else ")"
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title + "; black-edged: the Training Phase's band", fontsize=9)
     ax.legend(fontsize=7, loc="lower left", ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -65,6 +65,10 @@ STATISTICS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 Target = Literal["label", "predicted", "margin", "logprob"]
 TARGETS: tuple[str, ...] = ("label", "predicted", "margin", "logprob")
+# The product's score, chosen on the evidence of benchmarks/targets.py (README, "Which score"): the
+# margin target with XGrad-CAM weights, which equal Grad-CAM's for GAP + linear heads.
+DEFAULT_TARGET: Target = "margin"
+DEFAULT_CAM: CamMethod = "xgradcam"
 # What each scorer target differentiates (drip.cam's target) and for which class.
 _CAM_TARGET = {"label": "class", "predicted": "class", "margin": "margin", "logprob": "logprob"}
 
@@ -82,7 +86,7 @@ class ScoredBatch:
 
 
 class DripScorer:
-    """DRIP scores of labelled samples: ``statistic(ReLU(Grad-CAM map of the label's class))``.
+    """DRIP scores of labelled samples: ``statistic(ReLU(class-activation map of the target))``.
 
     ``layer`` is a module inside ``model`` or its dotted name; ``None`` takes the model's
     ``drip_layer`` attribute (every model in ``drip.models`` names its post-activation target).
@@ -91,16 +95,29 @@ class DripScorer:
     ``eval()`` mode yourself (a model left in training mode would update BatchNorm statistics
     while scoring; the scorer warns once).
 
-    What the default score measures: with a global-average-pooling + linear head,
-    dz_c/dA_k = W[c, k] / |S|, so the map before the ReLU is M = sum_k W[c, k] A_k / |S| and its
-    mean is exactly (z_c - b_c) / |S|. The ``mean`` score is therefore
-    (z_y - b_y) / |S| + mean(ReLU(-M)): the labelled-class logit, scaled, plus what the ReLU cut
-    off; close to a logit-confidence score, and worth comparing with the loss.
+    The product's default score is the mean of the XGrad-CAM map of the **margin** target
+    z_y - max_{j != y} z_j: how far the label wins over its strongest rival. The paper's score is
+    ``target="label", cam="gradcam"``. What the scores measure, for a global-average-pooling +
+    linear head (dz_c/dA_k = W[c, k] / |S|, where XGrad-CAM's weights equal Grad-CAM's): the map
+    before the ReLU has mean (t - b_t) / |S|, with t the target's logit form and b_t its biases,
+    so the ``mean`` score is (t - b_t) / |S| + mean(ReLU(-M)):
+
+    * ``label``: t = z_y, the labelled logit (close to a logit-confidence score);
+    * ``margin``: t = z_y - z_r with r the strongest rival (a confusable sample scores low even
+      when its z_y is large);
+    * ``logprob``: t = z_y - sum_j softmax_j z_j with the softmax held fixed: close to zero both
+      for samples the model is sure of and for ones it gets wrong, so under DRIP's direction
+      (high = redundant) it ranks by the loss the wrong way round; kept for comparison.
+
+    For other piecewise-linear heads (flatten + dense layers, LeNet's) XGrad-CAM keeps this
+    identity (its weights average the gradient weighted by the activation: the map's sum is the
+    head's first-order term), while Grad-CAM's plain gradient average loses it.
 
     Example::
 
         scorer = DripScorer(model, "features.5")
         scores = scorer(x, y)            # x: (B, 1, 8, 8), y: (B,) -> (B,)
+        paper = DripScorer(model, "features.5", target="label", cam="gradcam")
         maps = scorer.heatmaps(x, y)     # (B, 4, 4): the layer's spatial shape
     """
 
@@ -109,11 +126,11 @@ class DripScorer:
         model: nn.Module,
         layer: nn.Module | str | None = None,
         statistic: str = "mean",
-        target: Target = "label",
+        target: Target = DEFAULT_TARGET,
         *,
         head: nn.Module | str | None = None,
         path: CamPath = "auto",
-        cam: CamMethod = "gradcam",
+        cam: CamMethod = DEFAULT_CAM,
         input_shape: Sequence[int] | None = None,
     ) -> None:
         if statistic not in STATISTICS:
@@ -144,6 +161,11 @@ class DripScorer:
     def layer_name(self) -> str:
         """Dotted name of the target layer inside the model."""
         return self.cam.layer_name
+
+    @property
+    def cam_method(self) -> str:
+        """The map's variant: "gradcam", "xgradcam", ... (what thresholds record as ``cam``)."""
+        return self.cam.method
 
     @property
     def num_classes(self) -> int | None:

@@ -1,4 +1,4 @@
-"""The selectors DRIP is compared with, and ``drip-rank``, one beyond the paper.
+"""The selectors DRIP is compared with.
 
 Two kinds, both deciding which stream samples to store:
 
@@ -6,8 +6,8 @@ Two kinds, both deciding which stream samples to store:
   is at equal storage: ``random``, the class-balanced reservoir (online, count budget), and the
   informativeness rankings ``loss``, ``margin``, ``entropy`` and ``el2n`` (the ``count`` most
   informative samples of the whole stream: an offline oracle ranking, which favours the control);
-* **online bands**, calibrated on the clean proxy stream P like DRIP's thresholds: ``band_keep``
-  (per-class quantile band on any signal, e.g. the negative loss) and ``drip_rank``.
+* **online bands**, calibrated on clean held-out data like DRIP's thresholds: ``band_keep``
+  (per-class quantile band on any signal, e.g. the negative loss).
 
 Direction, as everywhere in drip: a higher *evidence* value means the model already sees the label
 (redundant); informativeness is the opposite.
@@ -21,7 +21,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .errors import DripInputError
 from .thresholds import Thresholds
 
 
@@ -136,69 +135,3 @@ def band_keep(
         min_class_points=min_class_points,
     )
     return thresholds.keep(values, labels)
-
-
-def _class_percentile(
-    values: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor, reference_labels: torch.Tensor
-) -> torch.Tensor:
-    """Per sample: the fraction of its class's reference values below it (mid-rank for ties)."""
-    result = torch.empty(len(values), dtype=torch.float64)
-    pooled = torch.sort(reference.double()).values
-    for label in labels.unique().tolist():
-        own = torch.sort(reference[reference_labels == label].double()).values
-        basis = own if len(own) else pooled
-        mask = labels == label
-        below = torch.searchsorted(basis, values[mask].double(), right=False)
-        not_above = torch.searchsorted(basis, values[mask].double(), right=True)
-        result[mask] = (below + not_above).double() / (2 * len(basis))
-    return result
-
-
-def thinning_keep_probability(percentile: torch.Tensor, drop_fraction: float) -> torch.Tensor:
-    """Keep probability of ``drip-rank``: 1 up to a knee, then linear to 0 at the top.
-
-    For a uniform percentile the expected dropped fraction is ``drop_fraction``: the knee sits at
-    1 - 2 * drop_fraction (0.2 for 40%); above a drop fraction of one half the ramp starts at 0
-    and reaches 0 at 2 * (1 - drop_fraction).
-    """
-    if not 0 <= drop_fraction < 1:
-        raise DripInputError(f"drop_fraction: expected a number in [0, 1), got {drop_fraction}")
-    if drop_fraction <= 0.5:
-        knee = 1 - 2 * drop_fraction
-        if knee >= 1:
-            return torch.ones_like(percentile)
-        return ((1 - percentile) / (1 - knee)).clamp(0, 1)
-    end = 2 * (1 - drop_fraction)
-    return (1 - percentile / end).clamp(0, 1)
-
-
-def drip_rank_keep(
-    scores: torch.Tensor,
-    losses: torch.Tensor,
-    labels: torch.Tensor,
-    calibration_scores: torch.Tensor,
-    calibration_losses: torch.Tensor,
-    calibration_labels: torch.Tensor,
-    *,
-    drop_fraction: float,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """``drip-rank``: average two per-class ranks of evidence, then thin stochastically.
-
-    Per class, a sample's DRIP score and its negative loss are each ranked among the clean
-    calibration values (both oriented so higher = more evidence for the label) and averaged; that
-    average is ranked again among the calibration averages, giving a percentile that is uniform on
-    clean data. A sample is kept with ``thinning_keep_probability(percentile, drop_fraction)``,
-    so the stream's expected saving is ``drop_fraction`` whatever ties the loss has.
-    """
-
-    def evidence(sample_scores: torch.Tensor, sample_losses: torch.Tensor, sample_labels: torch.Tensor):
-        by_score = _class_percentile(sample_scores, sample_labels, calibration_scores, calibration_labels)
-        by_loss = _class_percentile(-sample_losses, sample_labels, -calibration_losses, calibration_labels)
-        return (by_score + by_loss) / 2
-
-    calibration_combined = evidence(calibration_scores, calibration_losses, calibration_labels)
-    stream_combined = evidence(scores, losses, labels)
-    percentile = _class_percentile(stream_combined, labels, calibration_combined, calibration_labels)
-    probability = thinning_keep_probability(percentile, drop_fraction)
-    return torch.rand(len(labels), generator=generator, dtype=torch.float64) < probability

@@ -25,6 +25,7 @@ from torch import nn
 
 from .atomic import write_atomically
 from .errors import DripInputError, DripModelMismatchError, DripThresholdsError
+from .score import DEFAULT_CAM, DEFAULT_TARGET
 from .validation import as_tensor, check_fraction, check_labels
 
 FORMAT = "drip-thresholds"
@@ -60,8 +61,8 @@ class Thresholds:
     q_high: float = 0.0
     counts: tuple[int, ...] = ()
     pooled: tuple[bool, ...] = ()
-    target: str = "label"
-    cam: str = "gradcam"
+    target: str = DEFAULT_TARGET
+    cam: str = DEFAULT_CAM
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

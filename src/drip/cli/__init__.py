@@ -14,19 +14,20 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import DripError
-from . import calibrate, data, demo, experiment, report
+from . import calibrate, data, demo, experiment, export, report
 from . import filter as stream_filter
 from .common import load_model, load_tensors, one_line
 from .data import FETCHABLE
 from .experiment import DATASETS
 
 # In the order `drip --help` lists them.
-COMMANDS = (demo, calibrate, stream_filter, experiment, report, data)
+COMMANDS = (demo, calibrate, stream_filter, export, experiment, report, data)
 
 DESCRIPTION = """\
 DRIP keeps only the informative samples of a labelled stream: it scores each sample with the mean
-of the model's Grad-CAM map for its label and keeps it if the score lies inside per-class bands
-calibrated by a Training Phase. High score = redundant (dropped), low score = informative."""
+of a Grad-CAM-family map of the model (default: XGrad-CAM of the label's margin over its strongest
+rival) and keeps it if the score lies inside per-class bands calibrated by a Training Phase.
+High score = redundant (dropped), low score = informative. Start with `drip demo`."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     try:
-        return args.run(args)
+        return args.handler(args)
     except DripError as err:
         print(f"drip: error: {one_line(err)}", file=sys.stderr)
         return 2

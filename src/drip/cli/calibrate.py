@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_common, fresh_copy_factory, load_model, load_tensors
+from .common import add_common, add_target, fresh_copy_factory, load_model, load_tensors
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -15,8 +15,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="calibrate thresholds for your own model",
         description="Cheap mode (--q-high): MODEL is trained, DATA is held-out data it never saw; "
         "per-class bands drop the top q_high of DATA's scores. Search mode (--search): MODEL gives "
-        "the architecture only; the Training Phase splits DATA (your D0) 60/20/20, trains the "
-        "scorer, searches the band and saves the trained scorer with --save-model.",
+        "the architecture only; the Training Phase splits DATA (your D0) 60/20/20, searches the "
+        "band (largest saving first, stopping at the first that is not significantly worse than "
+        "keeping everything) and saves the deployed scorer with --save-model.",
     )
     calibrate.add_argument(
         "--model",
@@ -36,6 +37,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--layer", default=None, help="target layer's dotted name (default: model.drip_layer)"
     )
     calibrate.add_argument("--statistic", default="mean", help="score statistic (default: mean)")
+    add_target(calibrate)
     calibrate.add_argument("--steps", type=int, default=500, help="optimiser steps per training (--search)")
     calibrate.add_argument(
         "--save-model",
@@ -45,7 +47,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     calibrate.add_argument("--seed", type=int, default=0)
     add_common(calibrate)
-    calibrate.set_defaults(run=run)
+    calibrate.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
             TrainConfig(steps=args.steps),
             q_low=args.q_low,
             statistic=args.statistic,
+            target=args.target,
+            cam=args.cam,
             layer=args.layer,
             seed=args.seed,
             progress=not args.quiet,
@@ -80,11 +84,14 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"band search: q_high = {phase.q_high:g}, reference accuracy on W "
             f"{phase.reference_accuracy:.4f}; trials: "
-            + ", ".join(f"{t.q_high:g} -> {t.val_accuracy:.4f}" for t in phase.trials)
+            + ", ".join(
+                f"{t.q_high:g} -> {t.val_accuracy:.4f} ({'pass' if t.passes(phase.confidence) else 'fail'})"
+                for t in phase.trials
+            )
         )
         print(f"Training Phase cost: {phase.cost_ratio:.1f}x one training; scorer saved to {save_model}")
     else:
-        scorer = DripScorer(model, args.layer, args.statistic)
+        scorer = DripScorer(model, args.layer, args.statistic, args.target, cam=args.cam)
         thresholds = calibrate(
             scorer,
             x,

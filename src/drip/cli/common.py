@@ -15,6 +15,27 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def add_target(parser: argparse.ArgumentParser) -> None:
+    """``--target`` and ``--cam``: what the map differentiates and how (see ``drip.score``)."""
+    from ..cam import CAM_METHODS
+    from ..score import DEFAULT_CAM, DEFAULT_TARGET, TARGETS
+
+    parser.add_argument(
+        "--target",
+        choices=TARGETS,
+        default=DEFAULT_TARGET,
+        help=f"what the map explains: margin (the label's logit minus the strongest rival's), label "
+        f"(the paper's: the label's logit), logprob, predicted (default: {DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--cam",
+        choices=CAM_METHODS,
+        default=DEFAULT_CAM,
+        help=f"the map's channel weights (default: {DEFAULT_CAM}; the paper's: gradcam; the two agree "
+        "for global-average-pooling heads)",
+    )
+
+
 def one_line(err: BaseException) -> str:
     """An error's message on one line (torch and SQLite messages may span several)."""
     return " ".join(str(err).split())

@@ -42,7 +42,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     synth.add_argument("--per-word", type=int, default=300, help="clips per word (default: 300)")
     synth.add_argument("--seed", type=int, default=0)
     add_common(synth)
-    data.set_defaults(run=run)
+    data.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,9 +13,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo",
         help="the whole DRIP path on scikit-learn's digits (no download)",
-        description="Training Phase on D0, stream S through the filter into a sample store, then "
-        "retrain FULL, DRIP, RANDOM (same size) and LOSS (same size) with the same step budget. "
-        "Writes summary.json, summary.md, results.json, scores.png and heatmaps.png.",
+        description="Training Phase on D0, stream S one sample at a time through the filter into a "
+        "sample store, then retrain FULL, DRIP, DRIP with the paper's score (same band), RANDOM and "
+        "LOSS (DRIP's size) with the same step budget. Writes summary.json, summary.md, "
+        "results.json, scores.png and heatmaps.png.",
     )
     demo.add_argument("--seeds", type=int, default=3, help="number of seeds (default: 3)")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
@@ -27,7 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="fixed fraction to drop from the top (default: band search)",
     )
     add_common(demo)
-    demo.set_defaults(run=run)
+    demo.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from ..experiment import DEMO_ARMS, ExperimentConfig, run_experiment
     from ..report import markdown, write_report
 
-    # One sample at a time, as on a device; the four arms of the paper's question.
+    # One sample at a time, as on a device; the arms of the paper's question.
     config = ExperimentConfig(
         seeds=args.seeds, steps=args.steps, q_high=args.q_high, arms=DEMO_ARMS, sweep=(), stream_batch=1
     )

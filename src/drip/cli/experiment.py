@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_common
+from ..arms import ARMS
+from .common import add_common, add_target
 
 DATASETS = ("digits", "mnist", "cifar10", "speech-commands", "plant-village")
 
@@ -17,9 +18,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="the evaluation protocol on a data set: DRIP against FULL and equal-storage controls",
         description="Per seed: D0 (20%) and stream S from the training data, Training Phase on D0, S "
         "through the filter into a store, then every arm retrained with the same optimiser-step "
-        "budget: FULL, DRIP, RANDOM / class-balanced reservoir / loss / margin / entropy / EL2N at "
-        "DRIP's kept count, the loss band and drip-rank, and DRIP's band sweep against RANDOM of the "
-        "same size. Writes results.json, summary.json, summary.md and plots to OUT.",
+        "budget: FULL, DRIP, DRIP with the paper's score and the loss band at the chosen band, "
+        "RANDOM / class-balanced reservoir / loss / margin / entropy / EL2N at DRIP's kept count; "
+        "then every arm again at each band of the sweep. A public data set that is not there yet "
+        "is fetched first (checksums verified). Each finished seed is saved at once: rerunning an "
+        "interrupted command resumes with the next seed. Writes results.json, summary.json, "
+        "summary.md and plots to OUT.",
     )
     experiment.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     experiment.add_argument(
@@ -63,19 +67,27 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=float,
         nargs="*",
         default=None,
-        help="q_high values of the band sweep (default: 0.1 ... 0.6; none: no sweep)",
+        help="q_high values of the band sweep (default: 0.2 ... 0.6; none: no sweep)",
     )
-    experiment.add_argument("--arms", nargs="+", default=None, help="arms to run (default: all)")
+    experiment.add_argument(
+        "--arms",
+        nargs="+",
+        default=None,
+        choices=ARMS,
+        metavar="ARM",
+        help=f"arms to run (default: all of {', '.join(ARMS)})",
+    )
+    add_target(experiment)
     experiment.add_argument(
         "--pool-limit", type=int, default=None, help="use a stratified subset of this many training samples"
     )
     experiment.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<name>)")
     add_common(experiment)
-    experiment.set_defaults(run=run)
+    experiment.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import dataset_dir, load_dataset
+    from ..data import dataset_dir, load_or_fetch
     from ..experiment import ExperimentConfig, run_experiment
     from ..report import markdown, write_report
 
@@ -92,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         sweep=sweep,
         arms=tuple(args.arms) if args.arms else None,
         pool_limit=args.pool_limit,
+        target=args.target,
+        cam=args.cam,
     )
     name = args.dataset
     if config.noise != "none":
@@ -99,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if config.budget != "steps":
         name += f"-{config.budget}"
     out = args.out or Path("runs") / name
-    splits = load_dataset(args.dataset, args.data_dir, progress=not args.quiet)
+    splits = load_or_fetch(args.dataset, args.data_dir, progress=not args.quiet)
     source = "scikit-learn"
     if args.dataset != "digits":
         folder = dataset_dir(args.dataset, args.data_dir)

@@ -28,7 +28,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         "reported with their index and reason and the stream goes on. Exit codes: 0 done, 1 done "
         "but --strict and some samples were malformed, 2 error.",
     )
-    filt.add_argument("--model", type=Path, required=True, help="the scorer model the thresholds belong to")
+    filt.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="the scorer model the thresholds belong to (with --engine onnx: a drip export file)",
+    )
     filt.add_argument("--thresholds", type=Path, required=True, help="thresholds JSON from drip calibrate")
     filt.add_argument(
         "--stream",
@@ -60,6 +65,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     filt.add_argument("--batch-size", type=int, default=64, help="samples scored per call (default: 64)")
     filt.add_argument("--layer", default=None, help="target layer (default: the one in THRESHOLDS)")
     filt.add_argument(
+        "--engine",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="score with PyTorch, or with onnxruntime on a graph from drip export (default: torch)",
+    )
+    filt.add_argument(
         "--allow-model-mismatch",
         action="store_true",
         help="apply thresholds to a model other than the calibrated one",
@@ -70,7 +81,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="exit with code 1 if any sample was malformed (default: report them, exit 0)",
     )
     add_common(filt)
-    filt.set_defaults(run=run)
+    filt.set_defaults(handler=run)
 
 
 def _stream_records(values: Any, name: str, path: Path) -> Any:
@@ -124,6 +135,23 @@ def _resume_point(store: SampleStore, key: str, digest: str, stream: Path) -> tu
     return start, malformed
 
 
+def _scorer(args: argparse.Namespace, thresholds: Any) -> tuple[Any, Any]:
+    """The scorer of ``--engine`` and the thresholds the filter applies with it."""
+    if args.engine == "onnx":
+        from ..onnx_scorer import OnnxScorer
+
+        if args.layer is not None:
+            raise DripInputError("--layer: the layer is fixed in the exported graph; omit --layer")
+        scorer = OnnxScorer(args.model, threads=args.threads)
+        return scorer, scorer.filter_thresholds(thresholds, allow_model_mismatch=args.allow_model_mismatch)
+    from ..score import DripScorer
+
+    model = load_model(args.model)
+    layer = args.layer or thresholds.layer or None
+    scorer = DripScorer(model, layer, thresholds.statistic, thresholds.target, cam=thresholds.cam)
+    return scorer, thresholds
+
+
 def run(args: argparse.Namespace) -> int:
     import hashlib
     import json
@@ -132,13 +160,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..budget import BudgetedFilter
     from ..filter import DripFilter
-    from ..score import DripScorer
     from ..store import SampleStore
     from ..thresholds import Thresholds
 
     if args.batch_size < 1:
         raise DripInputError(f"--batch-size: expected a positive number, got {args.batch_size}")
-    model = load_model(args.model)
     thresholds = Thresholds.load(args.thresholds)
     try:
         content = args.stream.read_bytes()
@@ -146,13 +172,7 @@ def run(args: argparse.Namespace) -> int:
         raise DripInputError(f"{args.stream}: cannot read a .pt file: {err}") from None
     x, y = load_tensors(args.stream, content)
     x, y = _stream_records(x, "x", args.stream), _stream_records(y, "y", args.stream)
-    scorer = DripScorer(
-        model,
-        args.layer or thresholds.layer or None,
-        thresholds.statistic,
-        thresholds.target or "label",
-        cam=thresholds.cam or "gradcam",
-    )
+    scorer, thresholds = _scorer(args, thresholds)
     if len(x) != len(y):
         raise DripInputError(f"{args.stream}: {len(x)} samples but {len(y)} labels")
     # Sample ids are "<stream file name>:<index>"; the stream's hash tells a rerun from a new file.

@@ -17,7 +17,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     report.add_argument("run", type=Path, help="a folder written by drip experiment or drip demo")
     add_common(report)
-    report.set_defaults(run=run)
+    report.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -54,6 +54,22 @@ def load_dataset(
     return LOADERS[name](dataset_dir(name, data_dir), progress)
 
 
+def load_or_fetch(
+    name: str, data_dir: str | os.PathLike[str] | None = None, *, progress: bool = True, log=print
+) -> DataSplits:
+    """``load_dataset``, first fetching a public data set whose folder is missing or empty.
+
+    A folder that holds anything is never fetched into: a loading error there is the user's to
+    see (a damaged file, a wrong layout), not a reason to download over it.
+    """
+    folder = dataset_dir(name, data_dir)
+    empty = not folder.is_dir() or not any(folder.iterdir())
+    if name in FETCHERS and empty:
+        log(f"drip: {name} is not in {folder}; fetching it (checksums verified)")
+        FETCHERS[name](folder)
+    return load_dataset(name, data_dir, progress=progress)
+
+
 __all__ = [
     "FETCHERS",
     "LOADERS",
@@ -68,6 +84,7 @@ __all__ = [
     "load_dataset",
     "load_digits",
     "load_mnist",
+    "load_or_fetch",
     "load_plant_village",
     "load_speech_commands",
     "stratified_split",

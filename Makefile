@@ -8,7 +8,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # spinning OpenMP pool next to any other busy process slowed torch 35-230x.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test lint format bench bench-scorer bench-export bench-mnist venv clean synth-speech
+.PHONY: demo test lint format bench bench-scorer bench-export bench-mnist bench-budget venv clean synth-speech
 
 venv: $(STAMP)
 
@@ -50,6 +50,11 @@ bench-export: $(STAMP)
 # The MNIST experiments of the README (hours on 2 cores).
 bench-mnist: $(STAMP)
 	bash benchmarks/mnist.sh
+
+# Adaptive thresholds under a byte budget against fixed ones and the reservoir (about an hour, one thread).
+bench-budget: $(STAMP)
+	test -d runs/data/speech-commands-synth || $(MAKE) synth-speech
+	$(BIN)/python benchmarks/budget.py $(ARGS)
 
 # A synthetic Speech Commands corpus (espeak-ng from Debian, installed for this target only).
 synth-speech: $(STAMP)

@@ -274,3 +274,36 @@ def test_cli_export_then_filter_with_onnx_matches_torch_and_resumes(trained, tmp
     assert "--calibration" in capsys.readouterr().err
     assert main([*int8, "--calibration", str(tmp_path / "d0.pt"), *common]) == 0
     assert "smaller" in capsys.readouterr().out
+
+
+def test_cli_filter_adaptive_with_onnx_ends_in_the_store_of_torch(trained, tmp_path, capsys):
+    # The budgeted bands move on the scores alone, so either engine fills the budget alike.
+    model = trained["digits_cnn"]
+    _, thresholds = calibrated(model)
+    torch.save(model, tmp_path / "model.pt")
+    thresholds.save(tmp_path / "t.json")
+    x, y = synthetic((1, 8, 8), 10, 300, seed=8)
+    torch.save({"x": x, "y": y}, tmp_path / "stream.pt")
+    common = ["--thresholds", str(tmp_path / "t.json"), "--quiet"]
+    assert (
+        main(["export", "--model", str(tmp_path / "model.pt"), "--out", str(tmp_path / "s.onnx"), *common])
+        == 0
+    )
+    capacity = 60 * x[0].nbytes
+    stores = {}
+    for engine, path in (("torch", "model.pt"), ("onnx", "s.onnx")):
+        stores[engine] = tmp_path / f"{engine}.sqlite"
+        argv = [
+            "filter",
+            "--engine",
+            engine,
+            "--model",
+            str(tmp_path / path),
+            "--stream",
+            str(tmp_path / "stream.pt"),
+        ]
+        argv += ["--store", str(stores[engine]), "--capacity-bytes", str(capacity), "--adaptive", *common]
+        assert main(argv) == 0, capsys.readouterr().err
+    with SampleStore(stores["torch"]) as torch_store, SampleStore(stores["onnx"]) as onnx_store:
+        assert torch_store.bytes_used == onnx_store.bytes_used == capacity
+        assert sorted(s.source for s in torch_store) == sorted(s.source for s in onnx_store)

@@ -108,6 +108,8 @@ def test_batch_ids_are_the_rows_ids_and_never_reused(tmp_path):
         (lambda s: s.add(torch.quantize_per_tensor(torch.ones(2), 0.1, 0, torch.qint8), 1), "quantized"),
         (lambda s: s.add(torch.ones(2, dtype=torch.float8_e4m3fn), 1), "cannot be stored"),
         (lambda s: s.add_batch([], [], checkpoint=("name", 3)), "checkpoint"),
+        (lambda s: s.add_batch([], [], checkpoint=[("a", "1"), ("b",)]), "checkpoint"),
+        (lambda s: s.add_batch([], [], checkpoint=(("a", "1"), ("b", "2"))), "checkpoint"),
     ],
 )
 @pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")
@@ -245,3 +247,19 @@ def test_batch_encoding_equals_encoding_each_row(rows, dtype, sample_shape, tran
     got = _encode_batch(xs, labels, scores, sources)
     assert got == expected
     assert [[type(v) for v in row] for row in got] == [[type(v) for v in row] for row in expected]
+
+
+def test_several_checkpoints_commit_with_the_batch_and_class_bytes_count_payload(tmp_path):
+    with SampleStore(tmp_path / "s.sqlite") as store:
+        store.add_batch(
+            [torch.ones(3), torch.ones(2, dtype=torch.float64), torch.ones(5, dtype=torch.uint8)],
+            [0, 0, 2],
+            checkpoint=[("reader", "7"), ("budget", '{"seen": 3}')],
+        )
+        assert (store.checkpoint("reader"), store.checkpoint("budget")) == ("7", '{"seen": 3}')
+        assert store.class_bytes() == {0: 3 * 4 + 2 * 8, 2: 5}
+        store.add_batch([], [], checkpoint=[("reader", "8")])
+        assert (store.checkpoint("reader"), store.checkpoint("budget")) == ("8", '{"seen": 3}')
+        assert store.top_scores() == {}
+        store.add_batch([torch.ones(1)] * 4, [0, 0, 1, 3], [0.2, 0.7, 0.1, None])
+        assert store.top_scores() == {0: 0.7, 1: 0.1}

@@ -4,6 +4,7 @@ The device path is ``DripScorer`` -> ``Thresholds`` -> ``DripFilter`` -> ``Sampl
 Training Phase (``training_phase``, ``calibrate``) produces the thresholds before deployment.
 """
 
+from .budget import BudgetedFilter, BudgetedThresholds, BudgetRun, BudgetTrace, stream_with_budget
 from .calibrate import BandTrial, TrainingPhaseResult, calibrate, choose_q_high, training_phase
 from .cam import CAM_METHODS, CamResult, LayerGradCam
 from .errors import (
@@ -31,6 +32,10 @@ __all__ = [
     "MODELS",
     "STATISTICS",
     "BandTrial",
+    "BudgetRun",
+    "BudgetTrace",
+    "BudgetedFilter",
+    "BudgetedThresholds",
     "CamResult",
     "ClassCounters",
     "Decision",
@@ -63,5 +68,6 @@ __all__ = [
     "model_fingerprint",
     "predict_logits",
     "score_in_batches",
+    "stream_with_budget",
     "training_phase",
 ]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import DripInputError, DripModelMismatchError
-from .score import DripScorer
+from .score import DripScorer, ScoredBatch
 from .store import SampleStore
 from .thresholds import ABOVE_HIGH, BELOW_LOW, INSIDE, Thresholds
 from .validation import as_tensor
@@ -124,6 +124,14 @@ class DripFilter:
         ``SampleStore.add_batch``), even when nothing is kept: a stream reader that records its
         position this way resumes exactly where the store's contents say it stopped.
         """
+        batch, scores, labels = self._score(xs, ys, sources, checkpoint)
+        position = self.thresholds.positions(scores, labels)
+        return self._decide(batch.x, scores, labels, position, sources, [checkpoint] if checkpoint else [])
+
+    def _score(
+        self, xs: Any, ys: Any, sources: Sequence[str | None] | None, checkpoint: tuple[str, str] | None
+    ) -> tuple[ScoredBatch, list[float], list[int]]:
+        """The checked and scored batch, with its scores and labels as lists."""
         if sources is not None and (isinstance(sources, (str, bytes)) or not isinstance(sources, Sequence)):
             raise DripInputError(
                 f"sources: expected one id (or None) per sample, got {type(sources).__name__}"
@@ -131,23 +139,32 @@ class DripFilter:
         if checkpoint is not None and self.store is None:
             raise DripInputError("checkpoint: needs a store to be written to, but the filter has none")
         batch = self.scorer.score_batch(xs, ys, num_classes=self.thresholds.num_classes)
-        inputs = batch.x
-        if sources is not None and len(sources) != len(inputs):
-            raise DripInputError(f"sources: expected one per sample ({len(inputs)}), got {len(sources)}")
+        if sources is not None and len(sources) != len(batch.x):
+            raise DripInputError(f"sources: expected one per sample ({len(batch.x)}), got {len(sources)}")
         # The scorer checked the labels against the bands' classes and the scores for finiteness.
-        score_list, label_list = batch.scores.tolist(), batch.y.tolist()
-        position = self.thresholds.positions(score_list, label_list)
+        return batch, batch.scores.tolist(), batch.y.tolist()
+
+    def _decide(
+        self,
+        inputs: Any,
+        score_list: list[float],
+        label_list: list[int],
+        position: list[int],
+        sources: Sequence[str | None] | None,
+        checkpoints: list[tuple[str, str]],
+    ) -> list[Decision]:
+        """Store what lies ``INSIDE`` (and ``checkpoints``) in one transaction, then count."""
         keep = [where == INSIDE for where in position]
         keep_index = [i for i, k in enumerate(keep) if k]
         sample_ids: list[int | None] = [None] * len(keep)
-        if self.store is not None and (keep_index or checkpoint is not None):
+        if self.store is not None and (keep_index or checkpoints):
             everything = len(keep_index) == len(keep)  # then no gather copies the batch
             kept_ids = self.store.add_batch(
                 inputs if everything else inputs[keep_index],
                 label_list if everything else [label_list[i] for i in keep_index],
                 score_list if everything else [score_list[i] for i in keep_index],
                 [sources[i] for i in keep_index] if sources is not None else None,
-                checkpoint=checkpoint,
+                checkpoint=checkpoints or None,
             )
             for i, sample_id in zip(keep_index, kept_ids):
                 sample_ids[i] = sample_id

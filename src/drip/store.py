@@ -244,6 +244,27 @@ def _as_list(values: Any, name: str) -> list[Any]:
     return list(values)
 
 
+def _is_pair(value: Any) -> bool:
+    return (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(isinstance(part, str) and _is_utf8(part) for part in value)
+    )
+
+
+def _checkpoints(checkpoint: Any) -> list[tuple[str, str]]:
+    """``add_batch``'s ``checkpoint``: None, one (name, value) pair, or a list of pairs."""
+    if checkpoint is None:
+        return []
+    if _is_pair(checkpoint):
+        return [checkpoint]
+    if isinstance(checkpoint, list) and all(_is_pair(pair) for pair in checkpoint):
+        return list(checkpoint)
+    raise DripInputError(
+        f"checkpoint: expected a (name, value) pair of strings or a list of them, got {checkpoint!r}"
+    )
+
+
 def _decode(
     row_id: int, label: Any, score: Any, shape: Any, dtype: Any, data: Any, where: Path
 ) -> torch.Tensor:
@@ -403,7 +424,7 @@ class SampleStore:
         scores: Sequence[float | None] | torch.Tensor | None = None,
         sources: Sequence[str | None] | None = None,
         *,
-        checkpoint: tuple[str, str] | None = None,
+        checkpoint: tuple[str, str] | Sequence[tuple[str, str]] | None = None,
     ) -> list[int | None]:
         """Store samples in one transaction; per sample its row id, or None if it is not held.
 
@@ -411,7 +432,8 @@ class SampleStore:
         it. A sample whose ``source`` is already stored is not stored again; its existing row id is
         returned, which makes replaying a stream after a crash idempotent. ``checkpoint=(name,
         value)`` is written in the same transaction (read it back with ``checkpoint(name)``): a
-        stream reader records how far it got, atomically with what it stored.
+        stream reader records how far it got, atomically with what it stored. A list of such
+        pairs writes each of them (e.g. a reader's position and the state of adaptive thresholds).
         """
         batch_tensor = isinstance(xs, torch.Tensor) and xs.dim() > 0
         fast = batch_tensor and xs.layout == torch.strided and not xs.is_quantized
@@ -425,12 +447,7 @@ class SampleStore:
                 f"add_batch: got {count} samples, {len(labels_list)} labels, "
                 f"{len(scores_list)} scores and {len(sources_list)} sources"
             )
-        if checkpoint is not None and not (
-            isinstance(checkpoint, tuple)
-            and len(checkpoint) == 2
-            and all(isinstance(part, str) and _is_utf8(part) for part in checkpoint)
-        ):
-            raise DripInputError(f"checkpoint: expected a (name, value) pair of strings, got {checkpoint!r}")
+        checkpoints = _checkpoints(checkpoint)
         if fast and count:
             rows = _encode_batch(xs, labels_list, scores_list, sources_list)
         else:
@@ -446,11 +463,11 @@ class SampleStore:
                 ids: list[int | None] = list(self._insert_all(rows))
             else:
                 ids = [self._insert(row, evicted) for row in rows]
-            if checkpoint is not None:
+            for name, value in checkpoints:
                 self._conn.execute(
                     "INSERT INTO meta (key, value) VALUES (?, ?) "
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (_CHECKPOINT + checkpoint[0], checkpoint[1]),
+                    (_CHECKPOINT + name, value),
                 )
         return [None if row_id in evicted else row_id for row_id in ids]
 
@@ -602,6 +619,25 @@ class SampleStore:
         with self._reading():
             rows = self._conn.execute("SELECT label, count FROM usage WHERE count > 0").fetchall()
         return {int(label): int(count) for label, count in rows}
+
+    def class_bytes(self) -> dict[int, int]:
+        """Tensor payload bytes held per label (labels with none are absent)."""
+        with self._reading():
+            rows = self._conn.execute("SELECT label, bytes FROM usage WHERE count > 0").fetchall()
+        return {int(label): int(used) for label, used in rows}
+
+    def top_scores(self) -> dict[int, float]:
+        """The highest score held per label (what eviction removes first of that label); labels
+        with no scored sample are absent."""
+        with self._reading():
+            labels = [row[0] for row in self._conn.execute("SELECT label FROM usage WHERE count > 0")]
+            tops = {
+                label: self._conn.execute(
+                    "SELECT max(score) FROM samples WHERE label = ?", (label,)
+                ).fetchone()[0]
+                for label in labels
+            }
+        return {int(label): float(top) for label, top in tops.items() if top is not None}
 
     def checkpoint(self, name: str) -> str | None:
         """The value last committed by ``add_batch(..., checkpoint=(name, value))``, or None."""

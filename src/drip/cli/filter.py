@@ -44,7 +44,24 @@ def register(commands: argparse._SubParsersAction) -> None:
     filt.add_argument("--store", type=Path, required=True, help="sample store file")
     filt.add_argument("--capacity-count", type=int, default=None, help="most samples the store may hold")
     filt.add_argument("--capacity-bytes", type=int, default=None, help="most tensor bytes the store may hold")
-    filt.add_argument("--when-full", choices=("reject", "evict"), default="reject")
+    filt.add_argument(
+        "--when-full",
+        choices=("reject", "evict"),
+        default=None,
+        help="default: evict with --adaptive, else reject",
+    )
+    filt.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="move the bands online so that the store ends the stream at --capacity-bytes, class-balanced "
+        "(drip.budget); their state is committed with the store",
+    )
+    filt.add_argument(
+        "--expected-length",
+        type=int,
+        default=None,
+        help="with --adaptive: samples the store will be offered in all (default: the records in STREAM)",
+    )
     filt.add_argument("--batch-size", type=int, default=64, help="samples scored per call (default: 64)")
     filt.add_argument("--layer", default=None, help="target layer (default: the one in THRESHOLDS)")
     filt.add_argument(
@@ -141,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
+    from ..budget import BudgetedFilter
     from ..filter import DripFilter
     from ..store import SampleStore
     from ..thresholds import Thresholds
@@ -161,8 +179,22 @@ def run(args: argparse.Namespace) -> int:
     digest = hashlib.sha256(content).hexdigest()
     key = f"drip filter:{args.stream.name}"
     malformed: list[tuple[int, str]] = []
-    with SampleStore(args.store, args.capacity_bytes, args.capacity_count, args.when_full) as store:
-        drip_filter = DripFilter(scorer, thresholds, store, allow_model_mismatch=args.allow_model_mismatch)
+    if args.adaptive and args.capacity_bytes is None:
+        raise DripInputError("--adaptive: needs --capacity-bytes, the budget the bands move to fill")
+    when_full = args.when_full or ("evict" if args.adaptive else "reject")
+    with SampleStore(args.store, args.capacity_bytes, args.capacity_count, when_full) as store:
+        if args.adaptive:
+            drip_filter = BudgetedFilter(
+                scorer,
+                thresholds,
+                store,
+                len(x) if args.expected_length is None else args.expected_length,
+                allow_model_mismatch=args.allow_model_mismatch,
+            )
+        else:
+            drip_filter = DripFilter(
+                scorer, thresholds, store, allow_model_mismatch=args.allow_model_mismatch
+            )
         start, earlier_malformed = _resume_point(store, key, digest, args.stream)
 
         def progress(done: int) -> tuple[str, str]:
@@ -232,4 +264,6 @@ def run(args: argparse.Namespace) -> int:
         if total_malformed:
             print(f"{total_malformed} malformed samples skipped ({earlier_malformed} in earlier runs)")
         print(f"storage saving {counters.storage_saving:.1%}; store {args.store} holds {len(store)} samples")
+        if args.adaptive:
+            print(f"adaptive bands: the store holds {store.bytes_used} of {args.capacity_bytes} bytes")
     return 1 if args.strict and total_malformed else 0

@@ -485,8 +485,9 @@ def run_experiment(
             record = _finished_seed(path, config)
             if record is None:
                 record = run_seed(config, pool, test, seed, path.parent, progress, bar)
-                saved = {"version": RESULTS_VERSION, "config": asdict(config), "record": record}
-                write_atomically(path, (json.dumps(saved) + "\n").encode())
+                saved = json.dumps({"version": RESULTS_VERSION, "config": asdict(config), "record": record})
+                write_atomically(path, (saved + "\n").encode())
+                record = json.loads(saved)["record"]  # as a resumed run reads it back
             bar.total = bar.n + (config.seeds - seed - 1) * planned_trainings(config)
             bar.refresh()
             seeds.append(record)

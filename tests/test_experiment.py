@@ -244,3 +244,18 @@ def test_the_same_run_twice_gives_the_same_results(tmp_path):
     first = run_experiment(config, data, tmp_path / "a", progress=False)
     second = run_experiment(config, data, tmp_path / "b", progress=False)
     assert without_times(first["seeds"][0]) == without_times(second["seeds"][0])
+
+
+def test_a_byte_budget_adds_the_adaptive_arm_and_the_reservoir_at_its_size(tmp_path):
+    budget = 150 * 64 * 4  # 150 samples of 1 x 8 x 8 float32
+    config = ExperimentConfig(
+        seeds=1, steps=20, q_high=0.4, sweep=(), arms=("full", "drip"), budget_bytes=budget, pool_limit=800
+    )
+    results = run_experiment(config, load_digits(), tmp_path, progress=False)
+    seed = results["seeds"][0]
+    arms = seed["arms"]
+    assert {"drip-budget", "reservoir-budget"} <= set(arms)
+    assert seed["budget"]["bytes_used"] <= budget and arms["drip-budget"]["kept"] == 150
+    assert arms["reservoir-budget"]["kept"] == arms["drip-budget"]["kept"]
+    text = markdown(summarize(results))
+    assert f"of its {budget}" in text and "adaptive to --budget-bytes" in text

@@ -11,6 +11,8 @@ S before corruption, with noise only); ``drip`` retrains from the store itself.
 The sweep repeats every arm but FULL at each band of ``sweep``: the bands at that q_high, the
 equal-count controls at DRIP's count there. Storage saving is 1 - kept / seen over S. With noise,
 every arm also reports the precision and recall with which it dropped the corrupted samples.
+With ``budget_bytes``, ``drip-budget`` streams S once more through bands that move online to end
+at that many tensor bytes (``drip.budget``), against the class-balanced reservoir holding as many.
 
 Each finished seed is written to ``seed<n>/record.json`` at once: a run that was interrupted
 resumes with the next seed. Results go to ``results.json``; ``drip.report`` renders tables and
@@ -33,6 +35,7 @@ from tqdm.auto import tqdm
 from . import selectors
 from .arms import ARMS, BANDS, Evidence, StreamSignals
 from .atomic import write_atomically
+from .budget import stream_with_budget
 from .calibrate import (
     DEFAULT_CANDIDATES,
     DEFAULT_CONFIDENCE,
@@ -95,6 +98,7 @@ class ExperimentConfig:
     noise_rate: float = 0.2
     noise_std: float = 1.0
     stream_batch: int = 64
+    budget_bytes: int | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.arms) - set(ARMS)
@@ -106,6 +110,10 @@ class ExperimentConfig:
             raise DripInputError(f"cam: expected one of {CAM_METHODS}, got {self.cam!r}")
         if self.seeds < 1:
             raise DripInputError(f"seeds: expected at least 1, got {self.seeds}")
+        if self.budget_bytes is not None and self.budget_bytes < 1:
+            raise DripInputError(
+                f"budget_bytes: expected a positive number of bytes, got {self.budget_bytes}"
+            )
         if self.budget not in ("steps", "epochs"):
             raise DripInputError(f"budget: expected 'steps' or 'epochs', got {self.budget!r}")
         if self.noise not in ("none", "label", "gaussian"):
@@ -359,6 +367,38 @@ def _arms_at(
     return records
 
 
+def _budget_arms(
+    config: ExperimentConfig,
+    phase: TrainingPhaseResult,
+    stream: LabelledData,
+    trainer: _ArmTrainer,
+    signals: StreamSignals,
+    store_path: Path,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """``drip-budget``: DRIP's bands moving online to end at ``budget_bytes`` (``drip.budget``),
+    and the class-balanced reservoir holding as many samples; with the fill trace for the record."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{store_path}{suffix}").unlink(missing_ok=True)
+    with SampleStore(store_path, capacity_bytes=config.budget_bytes, when_full="evict") as store:
+        run = stream_with_budget(
+            phase.scorer, phase.thresholds, stream.x, stream.y, store, batch_size=config.stream_batch
+        )
+        stored_x, stored_y, _ = store.tensors()
+        bytes_used = store.bytes_used
+    count = int(run.kept.sum())
+    arms = {
+        "drip-budget": trainer.train(
+            "drip-budget", run.kept, (stored_x.reshape(-1, *stream.input_shape), stored_y)
+        ),
+        "reservoir-budget": trainer.train("reservoir-budget", signals.equal_count("reservoir", count)),
+    }
+    return arms, {
+        "capacity_bytes": config.budget_bytes,
+        "bytes_used": bytes_used,
+        "trace": run.trace.to_dict(),
+    }
+
+
 def run_seed(
     config: ExperimentConfig,
     pool: LabelledData,
@@ -401,6 +441,10 @@ def run_seed(
     arms.update(_arms_at(config, signals, trainer, kept, phase.q_high, {}, stored))
     if corrupted.any():
         arms["full-clean"] = trainer.train("full-clean", None, (clean_stream.x, clean_stream.y))
+    budget = None
+    if config.budget_bytes is not None:
+        budget_arms, budget = _budget_arms(config, phase, stream, trainer, signals, workdir / "budget.sqlite")
+        arms.update(budget_arms)
     sweep = []
     for q in config.sweep:
         band = signals.band("drip", q)
@@ -425,6 +469,7 @@ def run_seed(
             "counters": counters,
         },
         "arms": arms,
+        "budget": budget,
         "sweep": sweep,
         "gallery": _gallery(phase.scorer, stream, kept.numpy(), scores.numpy(), corrupted.numpy()),
         "elapsed_s": time.perf_counter() - start,
@@ -436,7 +481,8 @@ def planned_trainings(config: ExperimentConfig) -> int:
     arms = len(set(config.arms) - ({"drip-paper"} if _is_paper_score(config) else set()))
     noise = 1 if config.noise != "none" and config.noise_rate > 0 else 0
     sweep = len(config.sweep) * (arms - ("full" in config.arms))
-    return expected_trainings(config.q_high) + arms + noise + sweep
+    budget = 2 if config.budget_bytes is not None else 0
+    return expected_trainings(config.q_high) + arms + noise + budget + sweep
 
 
 # 3: the sweep holds every arm at every band; the Training Phase's own summary.

@@ -32,6 +32,8 @@ ARM_TITLES = {
     "entropy": "entropy",
     "el2n": "EL2N",
     "loss-band": "loss band (DRIP's quantiles)",
+    "drip-budget": "DRIP, adaptive to --budget-bytes",
+    "reservoir-budget": "class-balanced reservoir, same bytes",
 }
 
 
@@ -103,6 +105,11 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "elapsed_s": results["elapsed_s"],
         "threads": results["threads"],
     }
+    if seeds[0].get("budget"):
+        summary["budget_store"] = {
+            "capacity_bytes": seeds[0]["budget"]["capacity_bytes"],
+            "bytes_used": _stats([float(s["budget"]["bytes_used"]) for s in seeds]),
+        }
     summary["headline"] = headline(summary)
     summary["verdict"] = _verdict(summary)
     return summary
@@ -257,6 +264,13 @@ def markdown(summary: dict[str, Any]) -> str:
         if noisy:
             cells += [_percent(values[key]) for key in ("noise_precision", "noise_recall", "noise_fit")]
         lines.append("| " + " | ".join(cells) + " |")
+    if summary.get("budget_store"):
+        store = summary["budget_store"]
+        used = ", ".join(f"{b:.0f}" for b in store["bytes_used"]["per_seed"])
+        lines += [
+            "",
+            f"The adaptive store ended at {used} tensor bytes of its {store['capacity_bytes']} (per seed).",
+        ]
     if summary.get("sweep"):
         lines += _sweep_table(summary)
     lines += ["", *(f"- {line}" for line in summary["verdict"]), ""]

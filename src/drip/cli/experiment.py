@@ -79,6 +79,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     add_target(experiment)
     experiment.add_argument(
+        "--budget-bytes",
+        type=int,
+        default=None,
+        help="also stream S through bands that adapt online to end at this many tensor bytes "
+        "(arm drip-budget), against the class-balanced reservoir holding as many samples",
+    )
+    experiment.add_argument(
         "--pool-limit", type=int, default=None, help="use a stratified subset of this many training samples"
     )
     experiment.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<name>)")
@@ -106,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         pool_limit=args.pool_limit,
         target=args.target,
         cam=args.cam,
+        budget_bytes=args.budget_bytes,
     )
     name = args.dataset
     if config.noise != "none":

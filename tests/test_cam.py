@@ -82,9 +82,11 @@ def test_flatten_head_map_matches_hand_computation():
 @pytest.mark.parametrize("method", CAM_METHODS)
 @pytest.mark.parametrize("target", CAM_TARGETS)
 def test_closed_form_equals_autograd(one_d, method, target):
+    # In float64: the layer's activations are signed (LeakyReLU), so XGrad-CAM's division by a
+    # channel's activation sum cancels, and the autograd path's float32 rounding error grows there.
     for seed in range(3):
-        model = gap_model(one_d=one_d, seed=seed)
-        x = torch.randn(16, 2, *((11,) if one_d else (7, 5)))
+        model = gap_model(one_d=one_d, seed=seed).double()
+        x = torch.randn(16, 2, *((11,) if one_d else (7, 5)), dtype=torch.float64)
         y = torch.randint(0, 4, (16,))
         closed = LayerGradCam(model, "3", path="closed_form", method=method, target=target)(x, y)
         auto = LayerGradCam(model, "3", path="autograd", method=method, target=target)(x, y)
@@ -105,8 +107,11 @@ def reference_target(target: str, logits: torch.Tensor, y: torch.Tensor) -> torc
     return logits.log_softmax(1)[rows, y]
 
 
-def reference_gradcam(model: nn.Sequential, layer_index: int, x, y, target: str = "class"):
-    """Independent Grad-CAM: run the layers by hand, keep A, full autograd.grad of the target."""
+def reference_gradcam(
+    model: nn.Sequential, layer_index: int, x, y, target: str = "class", method: str = "gradcam"
+):
+    """Independent Grad-CAM (or XGrad-CAM): run the layers by hand, keep A, full autograd.grad of
+    the target."""
     activations = x
     for module in model[: layer_index + 1]:
         activations = module(activations)
@@ -115,20 +120,41 @@ def reference_gradcam(model: nn.Sequential, layer_index: int, x, y, target: str 
     for module in model[layer_index + 1 :]:
         out = module(out)
     (grads,) = torch.autograd.grad(reference_target(target, out, y).sum(), activations)
-    alpha = grads.mean(dim=(2, 3), keepdim=True)
+    if method == "xgradcam":  # Fu et al. 2020: the gradient averaged with the activations' weights
+        total = activations.sum(dim=(2, 3), keepdim=True)
+        alpha = (grads * activations).sum(dim=(2, 3), keepdim=True) / torch.where(total == 0, 1.0, total)
+    else:
+        alpha = grads.mean(dim=(2, 3), keepdim=True)
     return torch.relu((alpha * activations).sum(1)).detach()
 
 
 @pytest.mark.parametrize("path", ["piecewise", "autograd"])
 @pytest.mark.parametrize("target", CAM_TARGETS)
-def test_mlp_head_paths_equal_independent_reference(path, target):
+@pytest.mark.parametrize("method", ["gradcam", "xgradcam"])
+def test_mlp_head_paths_equal_independent_reference(path, target, method):
     model = mlp_head_model()
     x = torch.randn(32, 1, 8, 8)
     y = torch.randint(0, 5, (32,))
-    cam = LayerGradCam(model, "4", path=path, target=target)
+    cam = LayerGradCam(model, "4", path=path, target=target, method=method)
     assert cam.path == path and not cam.closed_form
-    expected = reference_gradcam(model, 4, x, y, target)
+    expected = reference_gradcam(model, 4, x, y, target, method)
     assert relative_error(cam(x, y).maps, expected) < 1e-5
+
+
+@pytest.mark.parametrize("target", CAM_TARGETS)
+def test_xgradcam_gives_dead_channels_no_weight(target):
+    # A channel that is zero everywhere has no activation share: XGrad-CAM's 0/0 weight is 0, and
+    # the closed form and the pool shortcut must not divide by it.
+    for model, layer in ((gap_model(), "3"), (piecewise_heads()["lenet-like"].eval(), "1")):
+        x = torch.randn(8, 2, 6, 6)
+        y = torch.randint(0, 4, (8,))
+        with torch.no_grad():  # the conv before the layer's activation: channel 0 is 0 everywhere
+            model[int(layer) - 1].weight[0].zero_()
+            model[int(layer) - 1].bias[0] = 0.0
+        auto = LayerGradCam(model, layer, path="autograd", method="xgradcam", target=target)(x, y)
+        fast = LayerGradCam(model, layer, method="xgradcam", target=target)(x, y)
+        assert torch.isfinite(fast.maps).all()
+        assert relative_error(fast.maps, auto.maps) < 1e-5
 
 
 def piecewise_heads() -> dict[str, nn.Sequential]:
@@ -468,3 +494,30 @@ def test_label_maps_equal_captums_layer_gradcam(factory, layer, shape):
     for path in ("auto", "autograd"):
         maps = LayerGradCam(model, layer, path=path)(x, y).maps
         assert relative_error(maps, expected[:, 0].detach()) < 1e-5, path
+
+
+def test_margin_rivals_found_in_python_equal_the_tensor_path():
+    # Small batches find the rival in Python, larger ones with argmax: the same rows, ties included
+    # (integer logits tie often; both take the first strongest rival).
+    from drip.cam import _margin_coefficients, target_logit_gradient
+
+    torch.manual_seed(0)
+    logits = torch.randint(0, 3, (40, 5)).float()
+    y = torch.randint(0, 5, (40,))
+    expected = target_logit_gradient("margin", logits, y)
+    assert torch.equal(_margin_coefficients(logits, y, 1.0), expected)
+    assert torch.equal(_margin_coefficients(logits, y, 0.25), expected * 0.25)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "xgradcam"])
+def test_margin_maps_agree_across_batch_sizes(method):
+    # Batch 64 x 4 classes takes the tensor path for the rivals, one sample the Python path.
+    model = gap_model()
+    x = torch.randn(64, 2, 7, 5)
+    y = torch.randint(0, 4, (64,))
+    cam = LayerGradCam(model, "3", method=method, target="margin")
+    batch = cam(x, y).maps
+    singles = torch.cat([cam(x[i : i + 1], y[i : i + 1]).maps for i in range(64)])
+    assert torch.allclose(batch, singles, rtol=1e-5, atol=1e-7)
+    reference = LayerGradCam(model, "3", path="autograd", method=method, target="margin")(x, y).maps
+    assert relative_error(batch, reference) < 1e-4

@@ -173,6 +173,30 @@ def _one_call_hook(layer: nn.Module, hook: Callable) -> Iterator[None]:
         handle.remove()
 
 
+def _check_has_rivals(target: str, logits: torch.Tensor) -> None:
+    if logits.shape[1] < 2:
+        raise DripModelError(f"target {target!r} compares classes, but the model has {logits.shape[1]}")
+
+
+# Up to this many logits (a batch of a few samples) the margin's rivals are found in Python and
+# its rows taken in one matrix product: at batch 1 each tensor op costs 4-8 us, the five ops of
+# the tensor path more than the whole rest of the map.
+_PYTHON_MARGIN_LOGITS = 128
+
+
+def _margin_coefficients(logits: torch.Tensor, classes: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale`` x the margin's dt/dz ``(B, C)`` on the CPU, for a few samples: +scale at y,
+    -scale at the strongest rival (the first on ties, as ``argmax``)."""
+    _check_has_rivals("margin", logits)
+    coefficients = []
+    for row, label in zip(logits.tolist(), classes.tolist()):
+        rival = max((j for j in range(len(row)) if j != label), key=row.__getitem__)
+        coefficient = [0.0] * len(row)
+        coefficient[label], coefficient[rival] = scale, -scale
+        coefficients.append(coefficient)
+    return torch.tensor(coefficients).reshape(logits.shape)
+
+
 def target_logit_gradient(target: str, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """dt/dz ``(B, C)``: the gradient of each sample's target with respect to its logits.
 
@@ -182,8 +206,7 @@ def target_logit_gradient(target: str, logits: torch.Tensor, classes: torch.Tens
     one_hot = torch.zeros_like(logits).scatter_(1, classes[:, None], 1.0)
     if target == "class":
         return one_hot
-    if logits.shape[1] < 2:
-        raise DripModelError(f"target {target!r} compares classes, but the model has {logits.shape[1]}")
+    _check_has_rivals(target, logits)
     if target == "margin":
         rivals = logits.masked_fill(one_hot.bool(), -math.inf).argmax(1)
         return one_hot.scatter_(1, rivals[:, None], -1.0)
@@ -210,6 +233,18 @@ def _weighted_sum(weights: torch.Tensor, activations: torch.Tensor, scale: float
     return cam.reshape(batch, *activations.shape[2:])
 
 
+def _channel_totals(activations: torch.Tensor) -> torch.Tensor:
+    """Each channel's sum over its positions, ``(B, K)``."""
+    return activations.sum(tuple(range(2, activations.dim())))
+
+
+def _xgradcam_weights(weighted_gradients: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """XGrad-CAM's channel weights sum_s A_s dt/dA_s / sum_s A_s from the numerators ``(B, K)``;
+    0 for a channel whose activations sum to zero."""
+    total = _channel_totals(activations)
+    return weighted_gradients / torch.where(total == 0, 1.0, total)
+
+
 def _combine(method: str, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     """ReLU(sum_k weight_k * A_k) for ``method``; ``gradients`` broadcast against (B, K, *S)."""
     spatial = tuple(range(2, activations.dim()))
@@ -222,9 +257,9 @@ def _combine(method: str, activations: torch.Tensor, gradients: torch.Tensor) ->
         weights = gradients.mean(spatial) if spatial else gradients
         return _weighted_sum(weights.reshape(batch, channels), activations)
     if method == "xgradcam":
-        total = activations.sum(spatial, keepdim=True)
-        safe = torch.where(total == 0, torch.ones_like(total), total)
-        weights = (activations * gradients / safe).sum(spatial) if spatial else gradients
+        weights = (
+            _xgradcam_weights((activations * gradients).sum(spatial), activations) if spatial else gradients
+        )
     elif method == "gradcam++":
         grads = gradients.expand_as(activations)
         squared, cubed = grads.pow(2), grads.pow(3)
@@ -287,6 +322,7 @@ class LayerGradCam:
                 "average pooling and an nn.Linear; pass head= or use path='autograd'"
             )
         self.head: nn.Linear | None = linear if path in ("auto", "closed_form") else None
+        self._nonnegative = type(self.layer) in (nn.ReLU, nn.ReLU6)
         self._head_verified = False
         self._runs_children = _is_plain_sequential_child(model, self.layer)
         self.piecewise_head = (
@@ -303,16 +339,27 @@ class LayerGradCam:
         if self.piecewise_head is not None:
             children = list(model)
             self._trunk = tuple(children[: children.index(self.layer) + 1])
-            # Grad-CAM needs only each channel's mean gradient at the layer, and routing a
-            # gradient through a max pool's argmax keeps each channel's sum: a pool right after
-            # the layer needs no indices and no scatter.
-            self._pool_sums = method == "gradcam" and type(self.piecewise_head[0]) in _MAX_POOLS
+            # Grad-CAM needs only each channel's gradient sum at the layer, XGrad-CAM only its
+            # activation-weighted sum, and a max pool routes each pooled gradient to the position
+            # whose value it took: both sums can be taken at the pool's output, so a pool right
+            # after the layer needs no indices and no scatter.
+            self._pool_sums = method in ("gradcam", "xgradcam") and type(self.piecewise_head[0]) in _MAX_POOLS
 
-    def _head_rows(self, weight: torch.Tensor, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """(dt/dz) @ ``weight``: the target's gradient at the input of the last linear layer."""
+    def _head_rows(
+        self, weight: torch.Tensor, logits: torch.Tensor, classes: torch.Tensor, scale: float = 1.0
+    ) -> torch.Tensor:
+        """``scale`` (dt/dz) @ ``weight``: the target's gradient at the input of the last linear layer."""
         if self.target == "class":  # one row per sample: a gather, not a matrix product
-            return weight.index_select(0, classes)
-        return target_logit_gradient(self.target, logits, classes) @ weight
+            rows = weight.index_select(0, classes)
+        elif self.target == "margin" and logits.numel() <= _PYTHON_MARGIN_LOGITS:
+            return _margin_coefficients(logits, classes, scale).to(weight.device, weight.dtype) @ weight
+        elif self.target == "margin":  # W[y] - W[rival]: two gathers, half the ops of the product
+            _check_has_rivals(self.target, logits)
+            rivals = logits.scatter(1, classes[:, None], -math.inf).argmax(1)
+            rows = weight.index_select(0, classes) - weight.index_select(0, rivals)
+        else:
+            rows = target_logit_gradient(self.target, logits, classes) @ weight
+        return rows if scale == 1.0 else rows.mul_(scale)
 
     @property
     def closed_form(self) -> bool:
@@ -418,15 +465,22 @@ class LayerGradCam:
             if not self._head_verified:
                 self._verify_head(activations, logits)
             classes = self._classes(classes, logits)
-            weights = self._head_rows(self.head.weight, logits, classes)
-        positions = math.prod(activations.shape[2:])
+            # dz/dA is the head's row / |S| at every position.
+            weights = self._head_rows(
+                self.head.weight, logits, classes, 1.0 / math.prod(activations.shape[2:])
+            )
+            if self.method == "xgradcam" and not self._nonnegative:
+                # A constant gradient weighted by the activations' own shares is the gradient
+                # itself, except in a channel whose activations sum to zero (XGrad-CAM's 0/0 is
+                # 0); after a ReLU such a channel is zero everywhere, and its weight moot.
+                weights = weights.masked_fill(_channel_totals(activations) == 0, 0.0)
         # Outside inference mode, so the maps (and the logits' copy) are ordinary tensors that
         # callers may change in place or use with autograd.
-        if self.method == "gradcam":
-            maps = _weighted_sum(weights, activations, scale=1.0 / positions)
+        if self.method in ("gradcam", "xgradcam"):
+            maps = _weighted_sum(weights, activations)
         else:
             shape = (*activations.shape[:2], *([1] * (activations.dim() - 2)))
-            maps = _combine(self.method, activations, weights.reshape(shape) / positions)
+            maps = _combine(self.method, activations, weights.reshape(shape))
         return CamResult(maps=maps, logits=logits.clone())
 
     def _verify_head(self, activations: torch.Tensor, logits: torch.Tensor) -> None:
@@ -466,8 +520,8 @@ class LayerGradCam:
             for position, module in enumerate(self.piecewise_head):
                 kind = type(module)
                 if position == 0 and self._pool_sums:
-                    steps.append(("pool_sums", None))
                     output = module(output)
+                    steps.append(("pool_sums", output))
                 elif kind is nn.Linear:
                     steps.append(("linear", module.weight))
                     output = nn.functional.linear(output, module.weight, module.bias)
@@ -496,7 +550,7 @@ class LayerGradCam:
             gradients = self._head_rows(steps[-1][1], logits, classes)
             for kind, saved in reversed(steps[:-1]):
                 if kind == "pool_sums":
-                    weights = gradients.flatten(2).sum(2).div_(math.prod(activations.shape[2:]))
+                    weights = self._pooled_weights(gradients, saved, activations)
                     break
                 if kind == "linear":
                     gradients = gradients @ saved
@@ -519,6 +573,15 @@ class LayerGradCam:
         else:
             maps = _combine(self.method, activations, gradients)
         return CamResult(maps=maps, logits=logits.clone())
+
+    def _pooled_weights(
+        self, gradients: torch.Tensor, pooled: torch.Tensor, activations: torch.Tensor
+    ) -> torch.Tensor:
+        """Channel weights ``(B, K)`` from the gradient at the output of the max pool right after
+        the layer (``pooled`` is that output): the pool sends each gradient to its argmax."""
+        if self.method == "gradcam":
+            return gradients.sum(tuple(range(2, gradients.dim()))).div_(math.prod(activations.shape[2:]))
+        return _xgradcam_weights((gradients * pooled).sum(tuple(range(2, pooled.dim()))), activations)
 
     def _autograd(self, x: torch.Tensor, classes: torch.Tensor | None) -> CamResult:
         was_enabled = torch.is_grad_enabled()

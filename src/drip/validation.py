@@ -77,7 +77,7 @@ def check_inputs(
         )
     if tensor.dtype != dtype or tensor.device != torch.device(device):  # a no-op .to() costs us too
         tensor = tensor.to(device=device, dtype=dtype)
-    if tensor.numel() and not _all_finite(tensor):
+    if tensor.numel() and not all_finite(tensor):
         bad = (~torch.isfinite(tensor)).flatten(1).any(1).nonzero().flatten()
         # Values finite in float64 may overflow in the model's dtype: name the cast as well.
         raise DripInputError(
@@ -87,7 +87,7 @@ def check_inputs(
     return tensor
 
 
-def _all_finite(tensor: torch.Tensor) -> bool:
+def all_finite(tensor: torch.Tensor) -> bool:
     """Whether every element is finite, in one reduction when they are."""
     # A sum is finite only if every element is; isfinite().all() costs three kernels, and this
     # check runs on every sample. A non-finite sum may be an overflow of finite values: recheck.

@@ -184,9 +184,11 @@ def _check_has_rivals(target: str, logits: torch.Tensor) -> None:
 _PYTHON_MARGIN_LOGITS = 128
 
 
-def _margin_coefficients(logits: torch.Tensor, classes: torch.Tensor, scale: float) -> torch.Tensor:
-    """``scale`` x the margin's dt/dz ``(B, C)`` on the CPU, for a few samples: +scale at y,
-    -scale at the strongest rival (the first on ties, as ``argmax``)."""
+def _margin_coefficients(
+    logits: torch.Tensor, classes: torch.Tensor, scale: float, like: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``scale`` x the margin's dt/dz ``(B, C)`` for a few samples, on ``like``'s device and
+    dtype: +scale at y, -scale at the strongest rival (the first on ties, as ``argmax``)."""
     _check_has_rivals("margin", logits)
     coefficients = []
     for row, label in zip(logits.tolist(), classes.tolist()):
@@ -194,7 +196,8 @@ def _margin_coefficients(logits: torch.Tensor, classes: torch.Tensor, scale: flo
         coefficient = [0.0] * len(row)
         coefficient[label], coefficient[rival] = scale, -scale
         coefficients.append(coefficient)
-    return torch.tensor(coefficients).reshape(logits.shape)
+    dtype, device = (like.dtype, like.device) if like is not None else (None, None)
+    return torch.tensor(coefficients, dtype=dtype, device=device).reshape(logits.shape)
 
 
 def target_logit_gradient(target: str, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -352,7 +355,7 @@ class LayerGradCam:
         if self.target == "class":  # one row per sample: a gather, not a matrix product
             rows = weight.index_select(0, classes)
         elif self.target == "margin" and logits.numel() <= _PYTHON_MARGIN_LOGITS:
-            return _margin_coefficients(logits, classes, scale).to(weight.device, weight.dtype) @ weight
+            return _margin_coefficients(logits, classes, scale, like=weight) @ weight
         elif self.target == "margin":  # W[y] - W[rival]: two gathers, half the ops of the product
             _check_has_rivals(self.target, logits)
             rivals = logits.scatter(1, classes[:, None], -math.inf).argmax(1)
@@ -514,7 +517,7 @@ class LayerGradCam:
                 activations = child(activations)
             self._check_layer_output(activations)
             output = activations
-            # What each step's backward needs: a Linear's weight, a ReLU's mask of active units,
+            # What each step's backward needs: a Linear's weight, a ReLU's output,
             # a pool's argmax indices and input shape, a reshape's input shape.
             steps: list[tuple[str, object]] = []
             for position, module in enumerate(self.piecewise_head):
@@ -527,7 +530,7 @@ class LayerGradCam:
                     output = nn.functional.linear(output, module.weight, module.bias)
                 elif kind is nn.ReLU:
                     output = output.relu()
-                    steps.append(("mask", output > 0))
+                    steps.append(("relu", output))
                 elif kind in _MAX_POOLS:
                     shape = output.shape
                     output, indices = _MAX_POOLS[kind](
@@ -554,8 +557,8 @@ class LayerGradCam:
                     break
                 if kind == "linear":
                     gradients = gradients @ saved
-                elif kind == "mask":
-                    gradients = gradients * saved
+                elif kind == "relu":  # ReLU's own backward: one op, where a mask and a product take two
+                    gradients = torch.ops.aten.threshold_backward(gradients, saved, 0.0)
                 elif kind == "reshape":
                     gradients = gradients.reshape(saved)
                 elif kind == "spread":

@@ -165,6 +165,14 @@ def _same_as_reference(tmp: Path, out: str, store: str, reference) -> None:
     assert [row[2] for row in got] == pytest.approx([row[2] for row in rows], rel=1e-5, abs=1e-7)
 
 
+def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
+    """``torchrun --standalone`` (a free port of its own) of ``drip`` on 2 CPU ranks, one thread each."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    command = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "drip.cli", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
 def test_two_gloo_processes_decide_and_store_as_one_process(files, capsys):
     tmp, x, y = files
     # An evicting store at capacity: its contents depend on the order samples arrive in.
@@ -175,14 +183,28 @@ def test_two_gloo_processes_decide_and_store_as_one_process(files, capsys):
     _same_as_reference(tmp, "one.csv", "one.sqlite", reference)
     assert "scored 150 samples on 1 process(es)" in capsys.readouterr().out
 
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    command = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "drip.cli"]
-    command += _score_args(tmp, "two.csv", "two.sqlite")
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    done = _torchrun(_score_args(tmp, "two.csv", "two.sqlite"))
     assert done.returncode == 0, done.stderr[-3000:]
     _same_as_reference(tmp, "two.csv", "two.sqlite", reference)
     assert "scored 150 samples on 2 process(es)" in done.stdout
+
+
+def test_a_fault_on_one_rank_stops_both_with_one_error(files):
+    tmp, x, y = files
+    bad = tmp / "bad"
+    bad.mkdir()
+    torch.save({"x": x[:40], "y": y[:40]}, bad / "a.pt")
+    torch.save({"x": x[40:80], "y": torch.full((40,), 12)}, bad / "b.pt")  # labels beyond 10 classes
+    args = _score_args(tmp, "bad.csv", "bad.sqlite")
+    args[args.index(str(tmp / "shards"))] = str(bad)
+    done = _torchrun(args)
+    assert done.returncode != 0
+    # Both ranks met b.pt's labels in the same round; each stops with the first fault, on one line.
+    errors = [line for line in done.stderr.splitlines() if line.startswith("drip: error:")]
+    assert len(errors) == 2 and all("b.pt" in line and "label" in line for line in errors), done.stderr[
+        -2000:
+    ]
+    assert not (tmp / "bad.csv").exists()
 
 
 def test_score_source_counts_as_the_filter_and_names_a_malformed_batch(files, tmp_path):

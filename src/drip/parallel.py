@@ -394,6 +394,17 @@ def _score(drip_filter: DripFilter, source: SampleSource, batch: Any) -> _Scored
     return _Scored(indices, labels, scores, inside, scored.x[mask].cpu())
 
 
+def _next_scored(
+    drip_filter: DripFilter, source: SampleSource, loader: Iterator[Any], ranks: Ranks
+) -> _Scored | tuple[str, str] | None:
+    """This rank's next scored batch; None when it has none left; (error type, message) on a fault."""
+    try:
+        batch = next(loader, None)
+        return None if batch is None else _score(drip_filter, source, batch)
+    except DripError as err:
+        return type(err).__name__, f"rank {ranks.rank}: {err}"
+
+
 def _gather(payload: Any, ranks: Ranks) -> list[Any] | None:
     """Every rank's ``payload`` on rank 0 (None on the others)."""
     if ranks.world_size == 1:
@@ -405,15 +416,23 @@ def _gather(payload: Any, ranks: Ranks) -> list[Any] | None:
     return gathered
 
 
-def _broadcast(value: Any, ranks: Ranks) -> Any:
-    """Rank 0's ``value`` on every rank."""
-    if ranks.world_size == 1:
-        return value
-    import torch.distributed as dist
+def _agree(fault: tuple[str, str] | None, ranks: Ranks, device: torch.device) -> None:
+    """Raise rank 0's ``fault`` (error type name, message) on every rank; nothing when it is None.
 
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    One flag a round goes to every rank (a tensor on the rank's device, as NCCL needs); the message
+    only follows when there is one.
+    """
+    if ranks.world_size > 1:
+        import torch.distributed as dist
+
+        flag = torch.tensor([fault is not None], dtype=torch.int32, device=device)
+        dist.broadcast(flag, src=0)
+        if flag.item():
+            box = [fault]
+            dist.broadcast_object_list(box, src=0)
+            fault = box[0]
+    if fault is not None:
+        raise getattr(errors, fault[0], DripError)(fault[1])
 
 
 def _decide_round(
@@ -467,7 +486,7 @@ def score_source(
     Call it on every rank of the group (``distributed``) with the same source and batch size.
     Rank 0 alone touches ``drip_filter.store`` and calls ``on_decisions(indices, decisions)`` per
     chunk, in index order. A fault on any rank (a malformed batch, a store error) stops every
-    rank after the round it happened in, with the same error type and message.
+    rank within a round of it, each raising the same error type and message.
     """
     from tqdm.auto import tqdm
 
@@ -476,31 +495,25 @@ def score_source(
     writer = ranks.rank == 0
     bar = tqdm(total=len(source), desc="score", disable=not (progress and writer))
     scored, start = 0, time.perf_counter()
+    # Rank 0 tells the ranks whether to go on right after gathering, before it decides: they
+    # score their next batch meanwhile. A fault of its decisions is told at the next round.
+    pending: tuple[str, str] | None = None
     try:
         for _ in range(rounds):
-            payload: _Scored | tuple[str, str] | None = None
-            try:
-                batch = next(loader, None)
-                if batch is not None:
-                    payload = _score(drip_filter, source, batch)
-                    scored += len(payload.index)
-            except DripError as err:
-                payload = (type(err).__name__, f"rank {ranks.rank}: {err}")
+            payload = _next_scored(drip_filter, source, loader, ranks)
+            if isinstance(payload, _Scored):
+                scored += len(payload.index)
             gathered = _gather(payload, ranks)
-            fault = None
+            parts = [p for p in gathered or [] if isinstance(p, _Scored)]
+            fault = pending or next((p for p in gathered or [] if isinstance(p, tuple)), None)
+            _agree(fault, ranks, device)
             if writer:
-                assert gathered is not None
-                fault = next((p for p in gathered if isinstance(p, tuple)), None)
-                parts = [p for p in gathered if isinstance(p, _Scored)]
-                if fault is None:
-                    try:
-                        _decide_round(drip_filter, source, parts, batch_size, on_decisions)
-                    except DripError as err:
-                        fault = (type(err).__name__, str(err))
+                try:
+                    _decide_round(drip_filter, source, parts, batch_size, on_decisions)
+                except DripError as err:
+                    pending = (type(err).__name__, str(err))
                 bar.update(sum(len(p.index) for p in parts))
-            fault = _broadcast(fault, ranks)
-            if fault is not None:
-                raise getattr(errors, fault[0], DripError)(fault[1])
+        _agree(pending, ranks, device)
     finally:
         bar.close()
     counters = drip_filter.counters if writer else None

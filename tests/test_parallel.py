@@ -245,6 +245,23 @@ def test_cuda_without_a_gpu_falls_back_to_the_cpu_and_says_so(files, capsys):
     assert capsys.readouterr().err.count("CUDA is not available") == 1
 
 
+def test_drip_experiment_takes_the_device_too(monkeypatch, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: nothing to fall back from")
+    import drip.experiment
+
+    asked = {}
+
+    def stop(*args, device, **kwargs):
+        asked["device"] = device
+        raise DripInputError("stopped before training")
+
+    monkeypatch.setattr(drip.experiment, "run_experiment", stop)
+    assert main(["experiment", "--dataset", "digits", "--device", "cuda", "--quiet"]) == 2
+    assert asked["device"] == torch.device("cpu")
+    assert capsys.readouterr().err.count("CUDA is not available") == 1
+
+
 def _write(path: Path, data) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(data, path)

@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
                 handle = stack.enter_context(partial.open("w", newline=""))
             except OSError as err:
                 raise DripInputError(f"--out: cannot write {partial}: {err}") from None
+            stack.callback(partial.unlink, missing_ok=True)  # after a fault: no half-written CSV left
             rows = csv.writer(handle)
             rows.writerow(COLUMNS)
 

@@ -289,6 +289,9 @@ def test_bad_sources_raise_errors_that_name_what_is_wrong(tmp_path, capsys):
     for name, (data, message) in cases.items():
         with pytest.raises(DripDataError, match=message):
             TensorShards(_write(tmp_path / name / "s.pt", data).parent)
+    legacy = tmp_path / "legacy.pt"  # torch.save's old format cannot be memory-mapped
+    torch.save({"x": x, "y": torch.arange(4)}, legacy, _use_new_zipfile_serialization=False)
+    assert len(TensorShards(legacy)) == 4
     (tmp_path / "junk.pt").write_bytes(b"not a pickle")
     with pytest.raises(DripDataError, match=r"junk\.pt: cannot read a \.pt shard"):
         TensorShards(tmp_path / "junk.pt")

@@ -192,6 +192,8 @@ class TensorShards:
             return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
         # Damaged pickles raise whatever the opcode they trip on raises: only Exception names them all.
         except Exception as err:
+            if mmap:  # files of torch.save's legacy format cannot be mapped: read them whole
+                return TensorShards._read(file, mmap=False)
             raise DripDataError(f"{file}: cannot read a .pt shard: {err}") from None
 
     def __len__(self) -> int:

@@ -8,7 +8,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # spinning OpenMP pool next to any other busy process slowed torch 35-230x.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test lint format bench bench-scorer bench-export bench-mnist bench-budget venv clean synth-speech
+.PHONY: demo test lint format bench bench-scorer bench-export bench-mnist bench-budget bench-parallel venv clean synth-speech
 
 venv: $(STAMP)
 
@@ -46,6 +46,11 @@ bench-scorer: $(BENCH_STAMP)
 # The exported ONNX scorer (float and int8) against torch and DripScorer: benchmarks/results/export.json.
 bench-export: $(STAMP)
 	$(BIN)/python benchmarks/export.py $(ARGS)
+
+# drip.parallel: 1 against 2 processes (torchrun, Gloo), peak RSS at N and 10N samples, GPU batch 1024
+# where CUDA exists: benchmarks/results/parallel.json.
+bench-parallel: $(STAMP)
+	$(BIN)/python benchmarks/parallel.py $(ARGS)
 
 # The MNIST experiments of the README (hours on 2 cores).
 bench-mnist: $(STAMP)

@@ -20,6 +20,18 @@ from .export import ExportResult, export_onnx
 from .filter import ClassCounters, Decision, DripFilter
 from .models import MODELS, build_model, digits_cnn
 from .onnx_scorer import OnnxScorer
+from .parallel import (
+    ImageFolder,
+    RankBatches,
+    Ranks,
+    ScoreRun,
+    TensorShards,
+    batch_loader,
+    distributed,
+    open_source,
+    resolve_device,
+    score_source,
+)
 from .score import STATISTICS, DripScorer, ScoredBatch, score_in_batches
 from .store import SampleStore, StoredSample
 from .thresholds import Thresholds, model_fingerprint
@@ -50,24 +62,34 @@ __all__ = [
     "DripThresholdsError",
     "ExportResult",
     "History",
+    "ImageFolder",
     "LayerGradCam",
     "OnnxScorer",
+    "RankBatches",
+    "Ranks",
     "SampleStore",
+    "ScoreRun",
     "ScoredBatch",
     "StoredSample",
+    "TensorShards",
     "Thresholds",
     "TrainConfig",
     "TrainingPhaseResult",
+    "batch_loader",
     "build_model",
     "calibrate",
     "choose_q_high",
     "digits_cnn",
+    "distributed",
     "evaluate",
     "export_onnx",
     "fit",
     "model_fingerprint",
+    "open_source",
     "predict_logits",
+    "resolve_device",
     "score_in_batches",
+    "score_source",
     "stream_with_budget",
     "training_phase",
 ]

@@ -58,6 +58,7 @@ DEFAULT_SWEEP = (0.2, 0.3, 0.4, 0.5, 0.6)
 # The paper's score: Grad-CAM (plain gradient-average weights) of the label's logit.
 PAPER_TARGET, PAPER_CAM = "label", "gradcam"
 GALLERY_SIZE = 8
+CPU = torch.device("cpu")
 Noise = Literal["none", "label", "gaussian"]
 
 # Per data set: the reference model and a step budget that trains it well on 2 CPU cores
@@ -248,14 +249,15 @@ class _ArmTrainer:
     budget (``budget="epochs"``: the same epochs instead). Records carry the noise statistics.
     """
 
-    def __init__(self, config, d0, stream, test, corrupted, seed, progress, bar) -> None:
+    def __init__(self, config, d0, stream, test, corrupted, seed, progress, bar, device=CPU) -> None:
         self.config, self.d0, self.stream, self.test = config, d0, stream, test
         self.corrupted, self.seed, self.progress, self.bar = corrupted, seed, progress, bar
+        self.device = device
 
     def model(self) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            return build_model(self.config.model, self.d0.num_classes)
+            return build_model(self.config.model, self.d0.num_classes).to(self.device)
 
     def train(
         self, name: str, keep: torch.Tensor | None, data: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -407,8 +409,10 @@ def run_seed(
     workdir: Path,
     progress: bool = True,
     bar: tqdm | None = None,
+    device: torch.device = CPU,
 ) -> dict[str, Any]:
-    """One seed of the protocol; the stream's store lives in ``workdir``; ``bar`` counts trainings."""
+    """One seed of the protocol; the stream's store lives in ``workdir``; ``bar`` counts trainings;
+    every model trains and scores on ``device``."""
     start = time.perf_counter()
     bar = bar if bar is not None else tqdm(disable=True)
     d0, clean_stream, test = seed_splits(config, pool, test, seed)
@@ -416,7 +420,7 @@ def run_seed(
     stream, corrupted = corrupt(clean_stream, config.noise, config.noise_rate, config.noise_std, generator)
     phase = training_phase(
         d0,
-        lambda: build_model(config.model, pool.num_classes),
+        lambda: build_model(config.model, pool.num_classes).to(device),
         config.train_config(),
         q_high=config.q_high,
         candidates=config.candidates,
@@ -434,7 +438,7 @@ def run_seed(
         phase, stream, workdir / "kept.sqlite", config.stream_batch, progress, seed
     )
     signals = _signals(config, phase, stream, scores, seed)
-    trainer = _ArmTrainer(config, d0, stream, test, corrupted, seed, progress, bar)
+    trainer = _ArmTrainer(config, d0, stream, test, corrupted, seed, progress, bar, device)
     arms: dict[str, dict[str, Any]] = {}
     if "full" in config.arms:
         arms["full"] = trainer.train("full", torch.ones(len(stream), dtype=torch.bool))
@@ -514,11 +518,13 @@ def run_experiment(
     test: LabelledData | None = None,
     progress: bool = True,
     source: str | None = None,
+    device: torch.device = CPU,
 ) -> dict[str, Any]:
     """All seeds of the protocol; writes and returns ``results.json``'s content.
 
     Seeds an earlier run in ``out`` finished with the same config are read back, not redone.
     ``source`` says where the data came from (e.g. the folder), for the reader of the report.
+    Models train and score on ``device`` (not part of the config: a seed resumes on any device).
     """
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -530,7 +536,7 @@ def run_experiment(
             path = out / f"seed{seed}" / "record.json"
             record = _finished_seed(path, config)
             if record is None:
-                record = run_seed(config, pool, test, seed, path.parent, progress, bar)
+                record = run_seed(config, pool, test, seed, path.parent, progress, bar, device)
                 saved = json.dumps({"version": RESULTS_VERSION, "config": asdict(config), "record": record})
                 write_atomically(path, (saved + "\n").encode())
                 record = json.loads(saved)["record"]  # as a resumed run reads it back
@@ -548,6 +554,7 @@ def run_experiment(
         "input_shape": list(pool.input_shape),
         "budget": config.budget,
         "threads": torch.get_num_threads(),
+        "device": str(device),
         "elapsed_s": time.perf_counter() - start,
         "seeds": seeds,
     }

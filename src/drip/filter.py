@@ -128,6 +128,21 @@ class DripFilter:
         position = self.thresholds.positions(scores, labels)
         return self._decide(batch.x, scores, labels, position, sources, [checkpoint] if checkpoint else [])
 
+    def decide_scored(
+        self,
+        inputs: Any,
+        scores: list[float],
+        labels: list[int],
+        *,
+        sources: Sequence[str | None] | None = None,
+    ) -> list[Decision]:
+        """Decide on a batch this filter's scorer already scored elsewhere (another rank of
+        ``drip.parallel``): store what lies inside its band, in one transaction, then count, as
+        ``offer_batch`` does after scoring. ``inputs: (B, ...)``: only the rows inside their band
+        are read (and stored); ``scores`` and ``labels`` are checked numbers, as the scorer gives."""
+        position = self.thresholds.positions(scores, labels)
+        return self._decide(inputs, scores, labels, position, sources, [])
+
     def _score(
         self, xs: Any, ys: Any, sources: Sequence[str | None] | None, checkpoint: tuple[str, str] | None
     ) -> tuple[ScoredBatch, list[float], list[int]]:

@@ -15,6 +15,23 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where the model runs (``drip.parallel.resolve_device``: CPU when CUDA is absent)."""
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda or cuda:N (default: cpu; cuda without a GPU falls back to the CPU, saying so)",
+    )
+
+
+def print_counters(counters, num_classes: int) -> None:
+    """A filter's per-class counters as a markdown table."""
+    print("| class | seen | kept | dropped | store full |\n|---|---|---|---|---|")
+    for c in range(num_classes):
+        row = (c, counters.seen[c], counters.kept[c], counters.dropped[c], counters.rejected[c])
+        print("| " + " | ".join(map(str, row)) + " |")
+
+
 def add_target(parser: argparse.ArgumentParser) -> None:
     """``--target`` and ``--cam``: what the map differentiates and how (see ``drip.score``)."""
     from ..cam import CAM_METHODS

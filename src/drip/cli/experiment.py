@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..arms import ARMS
-from .common import add_common, add_target
+from .common import add_common, add_device, add_target
 
 DATASETS = ("digits", "mnist", "cifar10", "speech-commands", "plant-village")
 
@@ -89,6 +89,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--pool-limit", type=int, default=None, help="use a stratified subset of this many training samples"
     )
     experiment.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<name>)")
+    add_device(experiment)
     add_common(experiment)
     experiment.set_defaults(handler=run)
 
@@ -96,8 +97,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data import dataset_dir, load_or_fetch
     from ..experiment import ExperimentConfig, run_experiment
+    from ..parallel import resolve_device
     from ..report import markdown, write_report
 
+    device = resolve_device(args.device)  # first: a bad name fails before any data is read
     sweep = None if args.sweep is None else tuple(args.sweep)
     config = ExperimentConfig.for_dataset(
         args.dataset,
@@ -129,7 +132,13 @@ def run(args: argparse.Namespace) -> int:
         if (folder / "README.txt").is_file():  # a synthetic corpus says so in its README.txt
             source += f" ({(folder / 'README.txt').read_text().strip().rstrip('.')})"
     results = run_experiment(
-        config, splits.train, out, test=splits.test, progress=not args.quiet, source=source
+        config,
+        splits.train,
+        out,
+        test=splits.test,
+        progress=not args.quiet,
+        source=source,
+        device=device,
     )
     summary = write_report(results, out)
     print(markdown(summary))

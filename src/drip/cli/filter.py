@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DripInputError, DripStoreError
-from .common import add_common, load_model, load_tensors, one_line
+from .common import add_common, add_device, load_model, load_tensors, one_line
 
 if TYPE_CHECKING:  # torch loads lazily, so that --help stays fast
     import torch
@@ -80,6 +80,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="exit with code 1 if any sample was malformed (default: report them, exit 0)",
     )
+    add_device(filt)
     add_common(filt)
     filt.set_defaults(handler=run)
 
@@ -142,11 +143,14 @@ def _scorer(args: argparse.Namespace, thresholds: Any) -> tuple[Any, Any]:
 
         if args.layer is not None:
             raise DripInputError("--layer: the layer is fixed in the exported graph; omit --layer")
+        if args.device != "cpu":
+            raise DripInputError("--device: --engine onnx runs on the CPU; omit --device")
         scorer = OnnxScorer(args.model, threads=args.threads)
         return scorer, scorer.filter_thresholds(thresholds, allow_model_mismatch=args.allow_model_mismatch)
+    from ..parallel import resolve_device
     from ..score import DripScorer
 
-    model = load_model(args.model)
+    model = load_model(args.model).to(resolve_device(args.device))
     layer = args.layer or thresholds.layer or None
     scorer = DripScorer(model, layer, thresholds.statistic, thresholds.target, cam=thresholds.cam)
     return scorer, thresholds

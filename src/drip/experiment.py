@@ -62,7 +62,8 @@ CPU = torch.device("cpu")
 Noise = Literal["none", "label", "gaussian"]
 
 # Per data set: the reference model and a step budget that trains it well on 2 CPU cores
-# (MNIST: 2000 steps of 64, about 2 epochs of the 60k pool; 3 seeds of every arm in ~20 min).
+# (MNIST: 2000 steps of 64, about 2 epochs of the 60k pool; 3 seeds of every arm and the sweep in
+# about 1.5 h on one core).
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {"model": "digits_cnn", "steps": 500},
     "mnist": {"model": "lenet", "steps": 2000},

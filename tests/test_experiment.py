@@ -259,3 +259,20 @@ def test_a_byte_budget_adds_the_adaptive_arm_and_the_reservoir_at_its_size(tmp_p
     assert arms["reservoir-budget"]["kept"] == arms["drip-budget"]["kept"]
     text = markdown(summarize(results))
     assert f"of its {budget}" in text and "adaptive to --budget-bytes" in text
+
+
+def test_score_plot_names_the_map_the_run_used(noisy_run, tmp_path, monkeypatch):
+    # It said "Grad-CAM" for every run, also for the default XGrad-CAM.
+    from matplotlib.figure import Figure
+
+    from drip.report import plot_scores
+
+    labels = []
+    monkeypatch.setattr(
+        Figure, "savefig", lambda figure, *args, **kwargs: labels.append(figure._supxlabel.get_text())
+    )
+    _, results = noisy_run
+    plot_scores(results, tmp_path / "scores.png")
+    plot_scores({**results, "config": {**results["config"], "cam": "gradcam"}}, tmp_path / "paper.png")
+    assert f"of the XGrad-CAM map of the {results['config']['target']} target" in labels[0]
+    assert "of the Grad-CAM map" in labels[1]

@@ -277,6 +277,16 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# How the plots name each map (runs from before the choice of map recorded none: Grad-CAM).
+CAM_NAMES = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "xgradcam": "XGrad-CAM",
+    "hirescam": "HiResCAM",
+    "layercam": "LayerCAM",
+}
+
+
 def plot_scores(results: dict[str, Any], path: Path, seed_index: int = 0) -> None:
     """Per-class histograms of the stream's DRIP scores, kept vs dropped, with the band edges."""
     seed = results["seeds"][seed_index]
@@ -313,9 +323,10 @@ def plot_scores(results: dict[str, Any], path: Path, seed_index: int = 0) -> Non
         f"(dashed: high threshold, dotted: low); q_high = {seed['q_high']:g}",
         fontsize=10,
     )
+    config = results["config"]
     fig.supxlabel(
-        f"DRIP score ({results['config']['statistic']} of the Grad-CAM map of the "
-        f"{results['config']['target']} target)",
+        f"DRIP score ({config['statistic']} of the {CAM_NAMES[config.get('cam', 'gradcam')]} "
+        f"map of the {config['target']} target)",
         fontsize=9,
     )
     fig.tight_layout()

@@ -261,11 +261,11 @@ def test_a_byte_budget_adds_the_adaptive_arm_and_the_reservoir_at_its_size(tmp_p
     assert f"of its {budget}" in text and "adaptive to --budget-bytes" in text
 
 
-def test_score_plot_names_the_map_the_run_used(noisy_run, tmp_path, monkeypatch):
+def test_plots_name_the_map_the_run_used(noisy_run, tmp_path, monkeypatch):
     # It said "Grad-CAM" for every run, also for the default XGrad-CAM.
     from matplotlib.figure import Figure
 
-    from drip.report import plot_scores
+    from drip.report import plot_gallery, plot_scores
 
     labels = []
     monkeypatch.setattr(
@@ -276,3 +276,9 @@ def test_score_plot_names_the_map_the_run_used(noisy_run, tmp_path, monkeypatch)
     plot_scores({**results, "config": {**results["config"], "cam": "gradcam"}}, tmp_path / "paper.png")
     assert f"of the XGrad-CAM map of the {results['config']['target']} target" in labels[0]
     assert "of the Grad-CAM map" in labels[1]
+    titles = []
+    monkeypatch.setattr(
+        Figure, "savefig", lambda figure, *args, **kwargs: titles.append(figure._suptitle.get_text())
+    )
+    plot_gallery(results, tmp_path / "heatmaps.png")
+    assert f"with XGrad-CAM of the {results['config']['target']} target" in titles[0]

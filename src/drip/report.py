@@ -383,9 +383,10 @@ def plot_gallery(results: dict[str, Any], path: Path, seed_index: int = 0) -> No
             ha="right",
             fontsize=10,
         )
+    cam = CAM_NAMES[results["config"].get("cam", "gradcam")]
     fig.suptitle(
         f"{results['dataset']}, seed {seed['seed']}: kept (top) and dropped (bottom), "
-        f"ordered by DRIP score, with Grad-CAM of the {results['config']['target']} target"
+        f"ordered by DRIP score, with {cam} of the {results['config']['target']} target"
         + (
             " (MFCC: time left to right, coefficients top to bottom)"
             if results["input_shape"][1:] == [49, 10]

@@ -196,3 +196,20 @@ def test_command_line_names_every_data_set_the_library_has():
     from drip.data import FETCHERS, LOADERS
 
     assert set(DATASETS) == set(LOADERS) and set(FETCHABLE) == set(FETCHERS)
+
+
+def test_an_error_line_is_one_write(monkeypatch, tmp_path):
+    # Ranks of a torchrun job share stderr, which writes through: print's separate write of the
+    # newline let two ranks' error lines run together (seen in CI).
+    writes = []
+
+    class Recorder:
+        def write(self, text):
+            writes.append(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Recorder())
+    assert main(["report", str(tmp_path / "nothing-here")]) == 2
+    assert len(writes) == 1 and writes[0].startswith("drip: error: ") and writes[0].endswith("\n")

@@ -50,7 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except DripError as err:
-        print(f"drip: error: {one_line(err)}", file=sys.stderr)
+        # One write of the whole line: ranks of a torchrun job share stderr, and print's separate
+        # write of the newline let two ranks' lines run together.
+        sys.stderr.write(f"drip: error: {one_line(err)}\n")
+        sys.stderr.flush()
         return 2
 
 

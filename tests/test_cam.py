@@ -141,6 +141,21 @@ def test_mlp_head_paths_equal_independent_reference(path, target, method):
     assert relative_error(cam(x, y).maps, expected) < 1e-5
 
 
+@pytest.mark.parametrize("method", ["xgradcam", "gradcam"])
+@pytest.mark.parametrize("target", CAM_TARGETS)
+def test_closed_form_xgradcam_weighs_a_channel_summing_to_zero_0(target, method):
+    # Signed activations can cancel: XGrad-CAM's share of such a channel is 0/0, taken as 0, so
+    # the closed form must zero that channel's weight (Grad-CAM keeps it).
+    model = nn.Sequential(nn.Identity(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3)).eval()
+    x = torch.rand(4, 2, 2, 2)
+    x[:, 0] = torch.tensor([[1.0, -1.0], [-2.0, 2.0]])  # channel 0 sums to exactly 0
+    y = torch.tensor([0, 1, 2, 0])
+    closed = LayerGradCam(model, "0", method=method, target=target)
+    assert closed.path == "closed_form"
+    auto = LayerGradCam(model, "0", path="autograd", method=method, target=target)
+    assert relative_error(closed(x, y).maps, auto(x, y).maps) < 1e-5
+
+
 @pytest.mark.parametrize("target", CAM_TARGETS)
 def test_xgradcam_gives_dead_channels_no_weight(target):
     # A channel that is zero everywhere has no activation share: XGrad-CAM's 0/0 weight is 0, and
@@ -505,8 +520,8 @@ def test_margin_rivals_found_in_python_equal_the_tensor_path():
     logits = torch.randint(0, 3, (40, 5)).float()
     y = torch.randint(0, 5, (40,))
     expected = target_logit_gradient("margin", logits, y)
-    assert torch.equal(_margin_coefficients(logits, y, 1.0), expected)
-    assert torch.equal(_margin_coefficients(logits, y, 0.25), expected * 0.25)
+    assert torch.equal(_margin_coefficients(logits, y, 1.0, logits), expected)
+    assert torch.equal(_margin_coefficients(logits, y, 0.25, logits.double()), expected.double() * 0.25)
 
 
 @pytest.mark.parametrize("method", ["gradcam", "xgradcam"])

@@ -178,17 +178,16 @@ def _check_has_rivals(target: str, logits: torch.Tensor) -> None:
         raise DripModelError(f"target {target!r} compares classes, but the model has {logits.shape[1]}")
 
 
-# Up to this many logits (a batch of a few samples) the margin's rivals are found in Python and
-# its rows taken in one matrix product: at batch 1 each tensor op costs 4-8 us, the five ops of
-# the tensor path more than the whole rest of the map.
+# Up to this many logits (a batch of a few samples) the margin's rivals are found in Python: at
+# batch 1 each tensor op costs 4-8 us, and target_logit_gradient's six cost more than the map.
 _PYTHON_MARGIN_LOGITS = 128
 
 
 def _margin_coefficients(
-    logits: torch.Tensor, classes: torch.Tensor, scale: float, like: torch.Tensor | None = None
+    logits: torch.Tensor, classes: torch.Tensor, scale: float, like: torch.Tensor
 ) -> torch.Tensor:
-    """``scale`` x the margin's dt/dz ``(B, C)`` for a few samples, on ``like``'s device and
-    dtype: +scale at y, -scale at the strongest rival (the first on ties, as ``argmax``)."""
+    """``scale`` x ``target_logit_gradient("margin", ...)`` for a few samples, on ``like``'s
+    device and dtype: +scale at y, -scale at the strongest rival (the first on ties, as ``argmax``)."""
     _check_has_rivals("margin", logits)
     coefficients = []
     for row, label in zip(logits.tolist(), classes.tolist()):
@@ -196,8 +195,7 @@ def _margin_coefficients(
         coefficient = [0.0] * len(row)
         coefficient[label], coefficient[rival] = scale, -scale
         coefficients.append(coefficient)
-    dtype, device = (like.dtype, like.device) if like is not None else (None, None)
-    return torch.tensor(coefficients, dtype=dtype, device=device).reshape(logits.shape)
+    return torch.tensor(coefficients, dtype=like.dtype, device=like.device).reshape(logits.shape)
 
 
 def target_logit_gradient(target: str, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -355,11 +353,7 @@ class LayerGradCam:
         if self.target == "class":  # one row per sample: a gather, not a matrix product
             rows = weight.index_select(0, classes)
         elif self.target == "margin" and logits.numel() <= _PYTHON_MARGIN_LOGITS:
-            return _margin_coefficients(logits, classes, scale, like=weight) @ weight
-        elif self.target == "margin":  # W[y] - W[rival]: two gathers, half the ops of the product
-            _check_has_rivals(self.target, logits)
-            rivals = logits.scatter(1, classes[:, None], -math.inf).argmax(1)
-            rows = weight.index_select(0, classes) - weight.index_select(0, rivals)
+            return _margin_coefficients(logits, classes, scale, weight) @ weight
         else:
             rows = target_logit_gradient(self.target, logits, classes) @ weight
         return rows if scale == 1.0 else rows.mul_(scale)

@@ -48,6 +48,7 @@ from .data.base import LabelledData, stratified_split
 from .errors import DripInputError
 from .filter import DripFilter
 from .models import build_model
+from .parallel import CPU
 from .score import DEFAULT_CAM, DEFAULT_TARGET, TARGETS, DripScorer, score_in_batches
 from .store import SampleStore
 from .train import TrainConfig, evaluate, fit, predict_logits
@@ -58,7 +59,6 @@ DEFAULT_SWEEP = (0.2, 0.3, 0.4, 0.5, 0.6)
 # The paper's score: Grad-CAM (plain gradient-average weights) of the label's logit.
 PAPER_TARGET, PAPER_CAM = "label", "gradcam"
 GALLERY_SIZE = 8
-CPU = torch.device("cpu")
 Noise = Literal["none", "label", "gaussian"]
 
 # Per data set: the reference model and a step budget that trains it well on 2 CPU cores

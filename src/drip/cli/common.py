@@ -24,6 +24,16 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def scorer_for(model, thresholds, layer: str | None = None):
+    """The ``DripScorer`` that ``thresholds`` were calibrated with, on ``model`` (``layer``: the
+    thresholds' own unless given)."""
+    from ..score import DripScorer
+
+    return DripScorer(
+        model, layer or thresholds.layer or None, thresholds.statistic, thresholds.target, cam=thresholds.cam
+    )
+
+
 def print_counters(counters, num_classes: int) -> None:
     """A filter's per-class counters as a markdown table."""
     print("| class | seen | kept | dropped | store full |\n|---|---|---|---|---|")

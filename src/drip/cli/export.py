@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_common, load_model, load_tensors
+from .common import add_common, load_model, load_tensors, scorer_for
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -40,16 +40,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import DripInputError
     from ..export import export_onnx
-    from ..score import DripScorer
     from ..thresholds import Thresholds
 
     if args.int8 and args.calibration is None:
         raise DripInputError("--int8: needs --calibration, D0 samples to calibrate the int8 ranges on")
     model = load_model(args.model)
     thresholds = Thresholds.load(args.thresholds)
-    scorer = DripScorer(
-        model, thresholds.layer or None, thresholds.statistic, thresholds.target, cam=thresholds.cam
-    )
+    scorer = scorer_for(model, thresholds)
     calibration = load_tensors(args.calibration) if args.calibration is not None else None
     result = export_onnx(
         scorer,

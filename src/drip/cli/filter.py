@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DripInputError, DripStoreError
-from .common import add_common, add_device, load_model, load_tensors, one_line
+from .common import add_common, add_device, load_model, load_tensors, one_line, print_counters, scorer_for
 
 if TYPE_CHECKING:  # torch loads lazily, so that --help stays fast
     import torch
@@ -148,12 +148,9 @@ def _scorer(args: argparse.Namespace, thresholds: Any) -> tuple[Any, Any]:
         scorer = OnnxScorer(args.model, threads=args.threads)
         return scorer, scorer.filter_thresholds(thresholds, allow_model_mismatch=args.allow_model_mismatch)
     from ..parallel import resolve_device
-    from ..score import DripScorer
 
     model = load_model(args.model).to(resolve_device(args.device))
-    layer = args.layer or thresholds.layer or None
-    scorer = DripScorer(model, layer, thresholds.statistic, thresholds.target, cam=thresholds.cam)
-    return scorer, thresholds
+    return scorer_for(model, thresholds, args.layer), thresholds
 
 
 def run(args: argparse.Namespace) -> int:
@@ -256,10 +253,7 @@ def run(args: argparse.Namespace) -> int:
                 "command to resume"
             ) from None
         counters = drip_filter.counters
-        print("| class | seen | kept | dropped | store full |\n|---|---|---|---|---|")
-        for c in range(thresholds.num_classes):
-            row = (c, counters.seen[c], counters.kept[c], counters.dropped[c], counters.rejected[c])
-            print("| " + " | ".join(map(str, row)) + " |")
+        print_counters(counters, thresholds.num_classes)
         if start:
             print(f"resumed at sample {start}: an earlier run decided samples 0 to {start - 1}")
         for i, reason in malformed:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import DripInputError
-from .common import add_common, add_device, load_model, print_counters
+from .common import add_common, add_device, load_model, print_counters, scorer_for
 
 COLUMNS = ("index", "source", "label", "score", "kept", "reason", "sample_id")
 
@@ -63,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..filter import DripFilter
     from ..parallel import Ranks, distributed, open_source, resolve_device, score_source
-    from ..score import DripScorer
     from ..store import SampleStore
     from ..thresholds import Thresholds
 
@@ -76,10 +75,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     source = open_source(args.data, getattr(model, "input_shape", None))
     with distributed(device) as (ranks, device), contextlib.ExitStack() as stack:
-        layer = args.layer or thresholds.layer or None
-        scorer = DripScorer(
-            model.to(device), layer, thresholds.statistic, thresholds.target, cam=thresholds.cam
-        )
+        scorer = scorer_for(model.to(device), thresholds, args.layer)
         writer = ranks.rank == 0
         store = None
         if writer and args.store is not None:

@@ -87,7 +87,7 @@ def build_case(name: str, batch: int) -> Case:
     model = MODELS[name]().eval()
     x = torch.randn(batch, *model.input_shape)
     y = torch.randint(0, model.num_classes, (batch,))
-    paper = DripScorer(model, target="label", cam="gradcam")
+    paper = DripScorer(model, statistic="mean", target="label", cam="gradcam")
     return Case(name, model, DripScorer(model), paper, x, y)
 
 

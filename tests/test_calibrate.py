@@ -100,6 +100,6 @@ def test_calibrate_a_trained_model_on_held_out_data():
     scorer = DripScorer(digits_cnn().eval(), target="label")
     x, y = torch.rand(400, 1, 8, 8), torch.arange(400) % 10
     thresholds = calibrate(scorer, x, y, q_high=0.25)
-    assert thresholds.layer == "relu3" and thresholds.statistic == "mean"
+    assert thresholds.layer == "relu3" and thresholds.statistic == "net"
     kept = thresholds.keep(scorer(x, y), y).float().mean()
     assert float(kept) == pytest.approx(0.75, abs=0.03)

@@ -108,10 +108,16 @@ def reference_target(target: str, logits: torch.Tensor, y: torch.Tensor) -> torc
 
 
 def reference_gradcam(
-    model: nn.Sequential, layer_index: int, x, y, target: str = "class", method: str = "gradcam"
+    model: nn.Sequential,
+    layer_index: int,
+    x,
+    y,
+    target: str = "class",
+    method: str = "gradcam",
+    rectify: bool = True,
 ):
     """Independent Grad-CAM (or XGrad-CAM): run the layers by hand, keep A, full autograd.grad of
-    the target."""
+    the target; the ReLU at the end unless not ``rectify``."""
     activations = x
     for module in model[: layer_index + 1]:
         activations = module(activations)
@@ -125,7 +131,8 @@ def reference_gradcam(
         alpha = (grads * activations).sum(dim=(2, 3), keepdim=True) / torch.where(total == 0, 1.0, total)
     else:
         alpha = grads.mean(dim=(2, 3), keepdim=True)
-    return torch.relu((alpha * activations).sum(1)).detach()
+    signed = (alpha * activations).sum(1).detach()
+    return torch.relu(signed) if rectify else signed
 
 
 @pytest.mark.parametrize("path", ["piecewise", "autograd"])
@@ -139,6 +146,32 @@ def test_mlp_head_paths_equal_independent_reference(path, target, method):
     assert cam.path == path and not cam.closed_form
     expected = reference_gradcam(model, 4, x, y, target, method)
     assert relative_error(cam(x, y).maps, expected) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("factory", "layer", "path"),
+    [
+        (lambda: gap_model(), 3, "closed_form"),
+        (lambda: gap_model(), 3, "autograd"),
+        (mlp_head_model, 4, "piecewise"),
+        (mlp_head_model, 4, "autograd"),
+    ],
+)
+@pytest.mark.parametrize("target", CAM_TARGETS)
+@pytest.mark.parametrize("method", ["gradcam", "xgradcam"])
+def test_signed_maps_equal_the_reference_before_its_relu(factory, layer, path, target, method):
+    """``rectify=False`` keeps the evidence against the target (negative), on every path."""
+    model = factory()
+    torch.manual_seed(1)
+    x = torch.randn(32, model[0].in_channels, 8, 8)
+    y = torch.randint(0, model[-1].out_features, (32,))
+    signed = LayerGradCam(model, str(layer), path=path, target=target, method=method, rectify=False)
+    assert signed.path == path
+    maps = signed(x, y).maps
+    expected = reference_gradcam(model, layer, x, y, target, method, rectify=False)
+    assert (expected < 0).any() and relative_error(maps, expected) < 1e-5
+    rectified = LayerGradCam(model, str(layer), path=path, target=target, method=method)(x, y).maps
+    assert torch.allclose(rectified, maps.relu())
 
 
 @pytest.mark.parametrize("method", ["xgradcam", "gradcam"])

@@ -227,11 +227,11 @@ def test_a_finished_seed_is_not_redone_and_another_config_is_refused(tmp_path, m
         run_experiment(ExperimentConfig(**{**config.__dict__, "steps": 6}), data, tmp_path, progress=False)
 
 
-def test_paper_arm_uses_the_label_target_on_the_same_model(tmp_path):
+def test_paper_arm_uses_the_papers_score_on_the_same_model(tmp_path):
     config = ExperimentConfig(seeds=1, steps=20, q_high=0.4, sweep=(), arms=("drip", "drip-paper"))
     seed = run_experiment(config, load_digits().subset(range(500)), tmp_path, progress=False)["seeds"][0]
-    assert seed["thresholds"]["target"] == "margin"
-    label = ExperimentConfig(**{**config.__dict__, "target": "label"})
+    assert (seed["thresholds"]["statistic"], seed["thresholds"]["target"]) == ("net", "margin")
+    label = ExperimentConfig(**{**config.__dict__, "statistic": "mean", "target": "label"})
     same = run_experiment(label, load_digits().subset(range(500)), tmp_path / "label", progress=False)
     arms = same["seeds"][0]["arms"]
     assert arms["drip-paper"] == arms["drip"]  # the same score and band: not trained twice

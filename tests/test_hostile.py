@@ -194,7 +194,7 @@ def test_scores_of_any_finite_input_are_finite_or_refused(values):
     except DripInputError as err:
         assert names(err, "x") and "non-finite score" in str(err)
         return
-    assert torch.isfinite(scores).all() and (scores >= 0).all()
+    assert torch.isfinite(scores).all()  # and signed: the default net score may be negative
 
 
 def test_overflowing_input_is_refused_not_scored_nan():

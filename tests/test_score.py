@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from drip.errors import DripInputError, DripModelError
 from drip.models import digits_cnn
-from drip.score import STATISTICS, DripScorer, score_in_batches
+from drip.score import SIGNED_STATISTICS, STATISTICS, DripScorer, score_in_batches
 from drip.validation import check_inputs, check_labels
 
 
@@ -39,7 +39,7 @@ def _identity_target(target: str, logits: torch.Tensor, y: torch.Tensor) -> torc
         ("logprob", lambda z, y, r, p: z[range(len(y)), y] - (p * z).sum(1)),  # minus the mean logit
     ],
 )
-def test_mean_score_is_the_targets_logit_form_plus_what_relu_cut(target, meaning):
+def test_net_score_is_the_targets_logit_form_and_mean_adds_what_relu_cut(target, meaning):
     """For a GAP + linear head, mean(map before ReLU) = (the target's logit form, biases removed)
     / |S|: label z_y; margin z_y - z_rival; logprob z_y - sum_j softmax_j z_j (softmax held fixed)."""
     torch.manual_seed(0)
@@ -60,8 +60,10 @@ def test_mean_score_is_the_targets_logit_form_plus_what_relu_cut(target, meaning
     # The map before the ReLU has mean (the target's logit form, without biases) / |S| ...
     expected_mean = meaning(unbiased, y, rivals, probabilities) / positions
     assert torch.allclose(pre_relu.flatten(1).mean(1), expected_mean, atol=1e-6)
-    # ... so the score is that plus the mean of what the ReLU removed.
-    scores = DripScorer(model, target=target)(x, y)
+    # ... which is the net score (the signed map's mean) itself ...
+    assert torch.allclose(DripScorer(model, target=target)(x, y), expected_mean, atol=1e-6)
+    # ... while the mean of the ReLU'd map adds what the ReLU removed: evidence against the target.
+    scores = DripScorer(model, statistic="mean", target=target)(x, y)
     expected = expected_mean + torch.relu(-pre_relu).flatten(1).mean(1)
     assert torch.allclose(scores, expected, atol=1e-6)
 
@@ -181,12 +183,13 @@ def test_training_mode_model_warns_once():
     label=st.integers(0, 9),
     statistic=st.sampled_from(sorted(STATISTICS)),
 )
-def test_scores_are_finite_and_nonnegative_for_any_finite_input(values, label, statistic):
+def test_scores_are_finite_for_any_finite_input_and_nonnegative_unless_signed(values, label, statistic):
     scorer = DripScorer(digits_cnn().eval(), statistic=statistic)
     x = torch.tensor(values, dtype=torch.float32).reshape(1, 1, 8, 8)
     score = scorer(x, [label])
     assert score.shape == (1,)
-    assert torch.isfinite(score).all() and (score >= 0).all()
+    assert torch.isfinite(score).all()
+    assert statistic in SIGNED_STATISTICS or (score >= 0).all()
 
 
 def live_tensors(shape: tuple[int, ...] | None = None) -> int:

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from .cam import CamMethod
 from .data.base import LabelledData, stratified_split
 from .errors import DripInputError
-from .score import DEFAULT_CAM, DEFAULT_TARGET, DripScorer, Target, score_in_batches
+from .score import DEFAULT_CAM, DEFAULT_STATISTIC, DEFAULT_TARGET, DripScorer, Target, score_in_batches
 from .thresholds import Thresholds, model_fingerprint
 from .train import TrainConfig, fit, predict_logits
 from .validation import check_fraction
@@ -237,7 +237,7 @@ def training_phase(
     candidates: Sequence[float] = DEFAULT_CANDIDATES,
     q_low: float = 0.0,
     confidence: float = DEFAULT_CONFIDENCE,
-    statistic: str = "mean",
+    statistic: str = DEFAULT_STATISTIC,
     target: Target = DEFAULT_TARGET,
     cam: CamMethod = DEFAULT_CAM,
     layer: str | None = None,

@@ -22,7 +22,8 @@ or, for a plain ``nn.Sequential`` with no hooks of its own, by running its child
 forward does, which costs no hook at all. The model's train/eval mode and its ``requires_grad``
 flags are left as found; calls work inside ``torch.no_grad()`` and ``torch.inference_mode()``.
 Maps are raw (ReLU'd, never min-max normalised): their magnitude is what makes scores comparable
-across samples.
+across samples. ``rectify=False`` keeps the map signed (no ReLU): where the layer holds evidence
+against the target the map is negative, which a score of net evidence needs.
 
 What is differentiated, the **target**, is a function of the logits z for each sample's class y:
 ``"class"`` is z_y (Grad-CAM as published); ``"margin"`` is z_y - max_{j != y} z_j, the map of how
@@ -58,7 +59,7 @@ _POOL_OR_RESHAPE = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.I
 
 @dataclass(frozen=True)
 class CamResult:
-    """Heatmaps ``maps: (B, *S)`` (ReLU'd, raw) and the model's ``logits: (B, C)``."""
+    """Heatmaps ``maps: (B, *S)`` (raw; ReLU'd unless signed) and the model's ``logits: (B, C)``."""
 
     maps: torch.Tensor
     logits: torch.Tensor
@@ -216,8 +217,11 @@ def target_logit_gradient(target: str, logits: torch.Tensor, classes: torch.Tens
     raise DripInputError(f"target: expected one of {CAM_TARGETS}, got {target!r}")
 
 
-def _weighted_sum(weights: torch.Tensor, activations: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """ReLU(scale * sum_k weights[b, k] * A[b, k]) for ``weights: (B, K)``, ``activations: (B, K, *S)``.
+def _weighted_sum(
+    weights: torch.Tensor, activations: torch.Tensor, scale: float = 1.0, rectify: bool = True
+) -> torch.Tensor:
+    """ReLU(scale * sum_k weights[b, k] * A[b, k]) for ``weights: (B, K)``, ``activations: (B, K, *S)``
+    (without the ReLU when not ``rectify``).
 
     ``scale`` must be positive (it commutes with the ReLU).
     """
@@ -228,7 +232,9 @@ def _weighted_sum(weights: torch.Tensor, activations: torch.Tensor, scale: float
         weights = weights.to(flat.dtype)
     # One batched matrix product: the cheapest of bmm, einsum and broadcast-multiply-sum measured
     # at batch 1 and 64; the ReLU and the scale then work in the product's own fresh buffer.
-    cam = torch.bmm(weights.reshape(batch, 1, channels), flat).relu_()
+    cam = torch.bmm(weights.reshape(batch, 1, channels), flat)
+    if rectify:
+        cam.relu_()
     if scale != 1.0:
         cam.mul_(scale)
     return cam.reshape(batch, *activations.shape[2:])
@@ -246,17 +252,20 @@ def _xgradcam_weights(weighted_gradients: torch.Tensor, activations: torch.Tenso
     return weighted_gradients / torch.where(total == 0, 1.0, total)
 
 
-def _combine(method: str, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-    """ReLU(sum_k weight_k * A_k) for ``method``; ``gradients`` broadcast against (B, K, *S)."""
+def _combine(
+    method: str, activations: torch.Tensor, gradients: torch.Tensor, rectify: bool = True
+) -> torch.Tensor:
+    """ReLU(sum_k weight_k * A_k) for ``method`` (no ReLU when not ``rectify``); ``gradients``
+    broadcast against (B, K, *S)."""
     spatial = tuple(range(2, activations.dim()))
     batch, channels = activations.shape[:2]
     if method in ("hirescam", "layercam"):
         grads = gradients.clamp(min=0) if method == "layercam" else gradients
         cam = (grads * activations).sum(1)
-        return torch.relu(cam)
+        return torch.relu(cam) if rectify else cam
     if method == "gradcam":
         weights = gradients.mean(spatial) if spatial else gradients
-        return _weighted_sum(weights.reshape(batch, channels), activations)
+        return _weighted_sum(weights.reshape(batch, channels), activations, rectify=rectify)
     if method == "xgradcam":
         weights = (
             _xgradcam_weights((activations * gradients).sum(spatial), activations) if spatial else gradients
@@ -270,7 +279,7 @@ def _combine(method: str, activations: torch.Tensor, gradients: torch.Tensor) ->
         weights = (alpha * grads.clamp(min=0)).sum(spatial) if spatial else alpha * grads.clamp(min=0)
     else:
         raise DripInputError(f"method: expected one of {CAM_METHODS}, got {method!r}")
-    return _weighted_sum(weights.reshape(batch, channels), activations)
+    return _weighted_sum(weights.reshape(batch, channels), activations, rectify=rectify)
 
 
 class LayerGradCam:
@@ -278,11 +287,12 @@ class LayerGradCam:
 
     ``path="auto"`` takes the closed form when ``layer`` is followed only by global average pooling
     and a linear layer (found in a Sequential, declared by ``head``, or by a ``drip_head``
-    attribute), else autograd. Unlike captum's ``LayerGradCam`` the ReLU is always applied and
-    classes are per sample. ``method`` selects a variant on the same activations and gradients:
-    Grad-CAM++, XGrad-CAM, HiResCAM or LayerCAM. ``target`` selects what is differentiated for
-    each sample's class y: z_y (``"class"``, the published Grad-CAM), the margin
-    z_y - max_{j != y} z_j, or log softmax(z)_y (see the module's docstring).
+    attribute), else autograd. Unlike captum's ``LayerGradCam`` the ReLU is applied by default
+    (``rectify=False``: the signed map) and classes are per sample. ``method`` selects a variant
+    on the same activations and gradients: Grad-CAM++, XGrad-CAM, HiResCAM or LayerCAM.
+    ``target`` selects what is differentiated for each sample's class y: z_y (``"class"``, the
+    published Grad-CAM), the margin z_y - max_{j != y} z_j, or log softmax(z)_y (see the module's
+    docstring).
 
     Example::
 
@@ -299,6 +309,7 @@ class LayerGradCam:
         path: CamPath = "auto",
         method: CamMethod = "gradcam",
         target: CamTarget = "class",
+        rectify: bool = True,
     ) -> None:
         if method not in CAM_METHODS:
             raise DripInputError(f"method: expected one of {CAM_METHODS}, got {method!r}")
@@ -312,6 +323,7 @@ class LayerGradCam:
         self.layer, self.layer_name = resolve_layer(model, layer)
         self.method = method
         self.target = target
+        self.rectify = rectify
         linear = resolve_layer(model, head)[0] if head is not None else None
         if linear is None and path in ("auto", "closed_form"):
             linear = find_gap_linear_head(model, self.layer)
@@ -474,10 +486,10 @@ class LayerGradCam:
         # Outside inference mode, so the maps (and the logits' copy) are ordinary tensors that
         # callers may change in place or use with autograd.
         if self.method in ("gradcam", "xgradcam"):
-            maps = _weighted_sum(weights, activations)
+            maps = _weighted_sum(weights, activations, rectify=self.rectify)
         else:
             shape = (*activations.shape[:2], *([1] * (activations.dim() - 2)))
-            maps = _combine(self.method, activations, weights.reshape(shape))
+            maps = _combine(self.method, activations, weights.reshape(shape), self.rectify)
         return CamResult(maps=maps, logits=logits.clone())
 
     def _verify_head(self, activations: torch.Tensor, logits: torch.Tensor) -> None:
@@ -566,9 +578,9 @@ class LayerGradCam:
                     gradients = flat.reshape(shape)
         # Outside inference mode (as in the closed form): the results are ordinary tensors.
         if self._pool_sums:
-            maps = _weighted_sum(weights, activations)
+            maps = _weighted_sum(weights, activations, rectify=self.rectify)
         else:
-            maps = _combine(self.method, activations, gradients)
+            maps = _combine(self.method, activations, gradients, self.rectify)
         return CamResult(maps=maps, logits=logits.clone())
 
     def _pooled_weights(
@@ -608,5 +620,5 @@ class LayerGradCam:
         if gradients is None:
             raise DripModelError(f"model: the logits do not depend on layer {self.layer_name!r}'s output")
         # Neither input carries a graph, so nothing below is recorded.
-        maps = _combine(self.method, activations.detach(), gradients.neg_())
+        maps = _combine(self.method, activations.detach(), gradients.neg_(), self.rectify)
         return CamResult(maps=maps, logits=logits.detach())

@@ -49,7 +49,15 @@ from .errors import DripInputError
 from .filter import DripFilter
 from .models import build_model
 from .parallel import CPU
-from .score import DEFAULT_CAM, DEFAULT_TARGET, TARGETS, DripScorer, score_in_batches
+from .score import (
+    DEFAULT_CAM,
+    DEFAULT_STATISTIC,
+    DEFAULT_TARGET,
+    STATISTICS,
+    TARGETS,
+    DripScorer,
+    score_in_batches,
+)
 from .store import SampleStore
 from .train import TrainConfig, evaluate, fit, predict_logits
 from .validation import check_fraction
@@ -57,7 +65,8 @@ from .validation import check_fraction
 DEMO_ARMS = ("full", "drip", "drip-paper", "random", "loss")
 DEFAULT_SWEEP = (0.2, 0.3, 0.4, 0.5, 0.6)
 # The paper's score: Grad-CAM (plain gradient-average weights) of the label's logit.
-PAPER_TARGET, PAPER_CAM = "label", "gradcam"
+# The paper's score: the mean of the label's ReLU'd Grad-CAM map.
+PAPER_STATISTIC, PAPER_TARGET, PAPER_CAM = "mean", "label", "gradcam"
 GALLERY_SIZE = 8
 Noise = Literal["none", "label", "gaussian"]
 
@@ -91,7 +100,7 @@ class ExperimentConfig:
     candidates: tuple[float, ...] = DEFAULT_CANDIDATES
     q_low: float = 0.0
     confidence: float = DEFAULT_CONFIDENCE
-    statistic: str = "mean"
+    statistic: str = DEFAULT_STATISTIC
     target: str = DEFAULT_TARGET
     cam: str = DEFAULT_CAM
     arms: tuple[str, ...] = ARMS
@@ -108,6 +117,8 @@ class ExperimentConfig:
             raise DripInputError(f"arms: expected 'drip' and any of {ARMS}, got {list(self.arms)}")
         if self.target not in TARGETS:
             raise DripInputError(f"target: expected one of {TARGETS}, got {self.target!r}")
+        if self.statistic not in STATISTICS:
+            raise DripInputError(f"statistic: expected one of {sorted(STATISTICS)}, got {self.statistic!r}")
         if self.cam not in CAM_METHODS:
             raise DripInputError(f"cam: expected one of {CAM_METHODS}, got {self.cam!r}")
         if self.seeds < 1:
@@ -303,7 +314,7 @@ class _ArmTrainer:
 
 
 def _is_paper_score(config: ExperimentConfig) -> bool:
-    return config.target == PAPER_TARGET and config.cam == PAPER_CAM
+    return (config.statistic, config.target, config.cam) == (PAPER_STATISTIC, PAPER_TARGET, PAPER_CAM)
 
 
 def _signals(
@@ -329,7 +340,7 @@ def _signals(
             evidence["drip-paper"] = evidence["drip"]
         else:
             paper = DripScorer(
-                phase.model, phase.scorer.layer_name, config.statistic, PAPER_TARGET, cam=PAPER_CAM
+                phase.model, phase.scorer.layer_name, PAPER_STATISTIC, PAPER_TARGET, cam=PAPER_CAM
             )
             evidence["drip-paper"] = Evidence(
                 score_in_batches(paper, stream.x, stream.y)[0].double(),

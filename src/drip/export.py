@@ -122,7 +122,7 @@ class DecisionGraph(nn.Module):
             gradients = _broadcastable(weights, spatial) / math.prod(activations.shape[2:])
         else:
             activations, logits, gradients = self._piecewise(x, label)
-        maps = _combine(self.cam.method, activations, gradients)
+        maps = _combine(self.cam.method, activations, gradients, self.cam.rectify)
         score = self.statistic(maps)
         keep = (score >= self.low.index_select(0, label)) & (score <= self.high.index_select(0, label))
         return logits, score, keep

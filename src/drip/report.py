@@ -285,6 +285,8 @@ CAM_NAMES = {
     "hirescam": "HiResCAM",
     "layercam": "LayerCAM",
 }
+# How a statistic reads on a plot: whether the map was ReLU'd matters for what the score means.
+STATISTIC_NAMES = {"net": "signed mean", "mean": "mean of the ReLU'd"}
 
 
 def plot_scores(results: dict[str, Any], path: Path, seed_index: int = 0) -> None:
@@ -325,7 +327,8 @@ def plot_scores(results: dict[str, Any], path: Path, seed_index: int = 0) -> Non
     )
     config = results["config"]
     fig.supxlabel(
-        f"DRIP score ({config['statistic']} of the {CAM_NAMES[config.get('cam', 'gradcam')]} "
+        f"DRIP score ({STATISTIC_NAMES.get(config['statistic'], config['statistic'])} of the "
+        f"{CAM_NAMES[config.get('cam', 'gradcam')]} "
         f"map of the {config['target']} target)",
         fontsize=9,
     )
@@ -346,8 +349,12 @@ def plot_gallery(results: dict[str, Any], path: Path, seed_index: int = 0) -> No
     rows = [(name, gallery.get(name, [])) for name in ("kept", "dropped")]
     width = max((len(items) for _, items in rows), default=1) or 1
     fig, axes = plt.subplots(2, width, figsize=(1.5 * width, 3.8), squeeze=False)
-    # One colour scale for every map: raw magnitudes are what the score compares.
-    peak = max((np.max(item["map"]) for _, items in rows for item in items), default=1.0) or 1.0
+    # One colour scale for every map: raw magnitudes are what the score compares. A signed map
+    # (the net score's) gets a diverging scale centred on 0: red for the target, blue against it.
+    maps = [np.asarray(item["map"]) for _, items in rows for item in items]
+    signed = any(np.min(m) < 0 for m in maps)
+    peak = max((float(np.max(np.abs(m))) for m in maps), default=1.0) or 1.0
+    colours = {"cmap": "coolwarm", "vmin": -peak} if signed else {"cmap": "inferno", "vmin": 0}
     for r, (name, items) in enumerate(rows):
         for col, ax in enumerate(axes[r]):
             ax.axis("off")
@@ -371,7 +378,7 @@ def plot_gallery(results: dict[str, Any], path: Path, seed_index: int = 0) -> No
                 image = (image - image.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1)
             extent = (-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5)
             ax.imshow(image, cmap="gray", extent=extent, aspect="auto")
-            ax.imshow(heat, cmap="inferno", alpha=0.5, vmin=0, vmax=peak, extent=extent, aspect="auto")
+            ax.imshow(heat, alpha=0.5, vmax=peak, extent=extent, aspect="auto", **colours)
             ax.set_title(f"y={results['class_names'][item['label']]}\ns={item['score']:.3f}", fontsize=7)
         axes[r][0].text(
             -0.3,

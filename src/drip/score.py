@@ -56,6 +56,8 @@ def score_coverage(maps: torch.Tensor) -> torch.Tensor:
 
 
 STATISTICS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    # The mean of the signed map (no ReLU): evidence for the target minus evidence against.
+    "net": score_mean,
     "mean": score_mean,
     "max": score_max,
     "sum": score_sum,
@@ -63,10 +65,14 @@ STATISTICS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "coverage": score_coverage,
 }
 
+# Statistics of the map before Grad-CAM's ReLU; every other statistic reduces the ReLU'd map.
+SIGNED_STATISTICS: frozenset[str] = frozenset({"net"})
+
 Target = Literal["label", "predicted", "margin", "logprob"]
 TARGETS: tuple[str, ...] = ("label", "predicted", "margin", "logprob")
-# The product's score, chosen on the evidence of benchmarks/targets.py (README, "Which score"): the
+# The product's score (README, "Which score"): the net evidence (the signed map's mean) of the
 # margin target with XGrad-CAM weights, which equal Grad-CAM's for GAP + linear heads.
+DEFAULT_STATISTIC = "net"
 DEFAULT_TARGET: Target = "margin"
 DEFAULT_CAM: CamMethod = "xgradcam"
 # What each scorer target differentiates (drip.cam's target) and for which class.
@@ -125,7 +131,7 @@ class DripScorer:
         self,
         model: nn.Module,
         layer: nn.Module | str | None = None,
-        statistic: str = "mean",
+        statistic: str = DEFAULT_STATISTIC,
         target: Target = DEFAULT_TARGET,
         *,
         head: nn.Module | str | None = None,
@@ -147,7 +153,15 @@ class DripScorer:
         self.model = model
         self.statistic = statistic
         self.target = target
-        self.cam = LayerGradCam(model, layer, head=head, path=path, method=cam, target=_CAM_TARGET[target])
+        self.cam = LayerGradCam(
+            model,
+            layer,
+            head=head,
+            path=path,
+            method=cam,
+            target=_CAM_TARGET[target],
+            rectify=statistic not in SIGNED_STATISTICS,
+        )
         shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
         self.input_shape: tuple[int, ...] | None = tuple(shape) if shape is not None else None
         self._warned_training = False

@@ -25,7 +25,7 @@ from torch import nn
 
 from .atomic import write_atomically
 from .errors import DripInputError, DripModelMismatchError, DripThresholdsError
-from .score import DEFAULT_CAM, DEFAULT_TARGET
+from .score import DEFAULT_CAM, DEFAULT_STATISTIC, DEFAULT_TARGET
 from .validation import as_tensor, check_fraction, check_labels
 
 FORMAT = "drip-thresholds"
@@ -54,7 +54,7 @@ class Thresholds:
 
     low: tuple[float, ...]
     high: tuple[float, ...]
-    statistic: str = "mean"
+    statistic: str = DEFAULT_STATISTIC
     layer: str = ""
     model_fingerprint: str | None = None
     q_low: float = 0.0

@@ -36,7 +36,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     calibrate.add_argument(
         "--layer", default=None, help="target layer's dotted name (default: model.drip_layer)"
     )
-    calibrate.add_argument("--statistic", default="mean", help="score statistic (default: mean)")
     add_target(calibrate)
     calibrate.add_argument("--steps", type=int, default=500, help="optimiser steps per training (--search)")
     calibrate.add_argument(

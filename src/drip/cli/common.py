@@ -43,10 +43,19 @@ def print_counters(counters, num_classes: int) -> None:
 
 
 def add_target(parser: argparse.ArgumentParser) -> None:
-    """``--target`` and ``--cam``: what the map differentiates and how (see ``drip.score``)."""
+    """``--statistic``, ``--target`` and ``--cam``: the score's reduction, what the map
+    differentiates and how (see ``drip.score``)."""
     from ..cam import CAM_METHODS
-    from ..score import DEFAULT_CAM, DEFAULT_TARGET, TARGETS
+    from ..score import DEFAULT_CAM, DEFAULT_STATISTIC, DEFAULT_TARGET, STATISTICS, TARGETS
 
+    parser.add_argument(
+        "--statistic",
+        choices=sorted(STATISTICS),
+        default=DEFAULT_STATISTIC,
+        help=f"how the map becomes a score: net (the mean of the signed map: evidence for minus "
+        f"against), mean (of the ReLU'd map: the paper's), max, sum, entropy, coverage "
+        f"(default: {DEFAULT_STATISTIC})",
+    )
     parser.add_argument(
         "--target",
         choices=TARGETS,

@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         sweep=sweep,
         arms=tuple(args.arms) if args.arms else None,
         pool_limit=args.pool_limit,
+        statistic=args.statistic,
         target=args.target,
         cam=args.cam,
         budget_bytes=args.budget_bytes,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ from torch import nn
 
 from drip.cli import main
 from drip.errors import DripError, DripInputError, DripModelError, DripModelMismatchError
-from drip.export import band_edges, export_onnx
+from drip.export import SCORE_OFFSET, band_edges, export_onnx
 from drip.models import MODELS
 from drip.onnx_scorer import OnnxScorer
 from drip.score import DripScorer
@@ -21,13 +22,14 @@ from drip.thresholds import Thresholds, model_fingerprint
 from drip.train import TrainConfig, fit
 
 pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
 
-# The issue's goal is that int8 keep decisions agree with float on >= 99% of a stream. Measured
-# here for the default score (x86-64 AVX2, these briefly trained models): digits_cnn 97.6%, lenet
-# 98.4%, resnet8 97.7%, dscnn 98.9%: short of it, reported in the README (with the ReLU'd score
-# of the previous default lenet reached only 93.4%). These floors guard what was reached, with
-# room for other CPUs' int8 kernels.
-INT8_AGREEMENT_FLOOR = {"digits_cnn": 0.95, "lenet": 0.95, "resnet8": 0.95, "dscnn": 0.97}
+# The issue's goal: int8 keep decisions agree with float on >= 99% of a stream. Measured here for
+# the default score on an AMD EPYC with AVX-512 VNNI: digits_cnn 99.1%, lenet 99.2%, resnet8
+# 99.2%, dscnn 99.6% (README, Deploy); without the per-class score offset resnet8 fell to 97.5%.
+# int8 kernels differ by CPU (AVX2's u8 x s8 products saturate where VNNI's do not), so the floors
+# leave room for them; the offset itself is pinned exactly below.
+INT8_AGREEMENT_FLOOR = {"digits_cnn": 0.97, "lenet": 0.97, "resnet8": 0.97, "dscnn": 0.97}
 
 
 def synthetic(
@@ -57,22 +59,29 @@ def calibrated(model: nn.Module, target: str = "label", **scorer_options) -> tup
     return scorer, thresholds
 
 
+def trained_briefly(name: str, seed: int = 0) -> nn.Module:
+    """Reference model ``name`` trained 40 steps on its own synthetic data."""
+    torch.manual_seed(seed)
+    model = MODELS[name]()
+    x, y = synthetic(model.input_shape, model.num_classes, 256, seed=seed)
+    fit(model, x, y, TrainConfig(steps=40, batch_size=32, lr=1e-2), progress=False)
+    return model
+
+
 @pytest.fixture(scope="module")
 def trained() -> dict[str, nn.Module]:
     """Each reference model trained briefly on its own synthetic data."""
-    models = {}
-    for name in ("digits_cnn", "lenet", "resnet8", "dscnn"):
-        torch.manual_seed(0)
-        model = MODELS[name]()
-        x, y = synthetic(model.input_shape, model.num_classes, 256, seed=0)
-        fit(model, x, y, TrainConfig(steps=40, batch_size=32, lr=1e-2), progress=False)
-        models[name] = model
-    return models
+    return {name: trained_briefly(name) for name in ("digits_cnn", "lenet", "resnet8", "dscnn")}
 
 
 def run_graph(path, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, ...]:
     session = OnnxScorer(path).session
     return tuple(session.run(None, {"x": x.numpy(), "label": y.numpy()}))
+
+
+def weight_bytes(path) -> int:
+    """Bytes of the initializers (weights, scales, constants) of the ONNX file at ``path``."""
+    return sum(onnx.numpy_helper.to_array(tensor).nbytes for tensor in onnx.load(str(path)).graph.initializer)
 
 
 def relative_error(found: np.ndarray, expected: torch.Tensor) -> float:
@@ -108,7 +117,11 @@ def test_int8_decisions_agree_with_float(trained, tmp_path, name):
     result = export_onnx(scorer, thresholds, tmp_path / "int8.onnx", int8=True, calibration=calibration)
     # The same graph; only the precision named in its metadata differs.
     assert result.int8 and abs(result.float_size_bytes - float_result.size_bytes) < 8
-    assert result.size_bytes < float_result.size_bytes / 1.5
+    # The weights shrink (the first convolution and the logit layer stay float); the rest of a
+    # file is the graph itself, the same bytes for any model size.
+    weights, weights8 = weight_bytes(float_result.path), weight_bytes(result.path)
+    assert weights8 < weights / 2
+    assert result.size_bytes < float_result.size_bytes / 1.4
     x, y = synthetic(model.input_shape, model.num_classes, 1000, seed=3)
     logits, _, keep = run_graph(float_result.path, x, y)
     logits8, _, keep8 = run_graph(result.path, x, y)
@@ -116,10 +129,83 @@ def test_int8_decisions_agree_with_float(trained, tmp_path, name):
     print(
         f"{name}: int8 keep agrees with float on {agreement:.1%}; accuracy float "
         f"{(logits.argmax(1) == y.numpy()).mean():.1%}, int8 {(logits8.argmax(1) == y.numpy()).mean():.1%}; "
-        f"size {float_result.size_bytes} -> {result.size_bytes} bytes"
+        f"file {float_result.size_bytes} -> {result.size_bytes} bytes, weights {weights} -> {weights8} bytes"
     )
     assert agreement >= INT8_AGREEMENT_FLOOR[name]
     assert (logits8.argmax(1) == logits.argmax(1)).mean() >= 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["digits_cnn", "lenet", "resnet8", "dscnn"])
+def test_int8_agreement_over_training_seeds(tmp_path, name):
+    """The README's five-seed figures: `pytest -m slow -s tests/test_export.py -k seeds`."""
+    agreements, uncorrected = [], []
+    for seed in range(5):
+        model = trained_briefly(name, seed)
+        scorer, thresholds = calibrated(model, "margin")
+        calibration = synthetic(model.input_shape, model.num_classes, 300, seed=1)
+        float_result = export_onnx(scorer, thresholds, tmp_path / f"float{seed}.onnx")
+        result = export_onnx(
+            scorer, thresholds, tmp_path / f"int8{seed}.onnx", int8=True, calibration=calibration
+        )
+        x, y = synthetic(model.input_shape, model.num_classes, 1000, seed=3)
+        _, _, keep = run_graph(float_result.path, x, y)
+        _, score8, keep8 = run_graph(result.path, x, y)
+        without = thresholds.keep(torch.from_numpy(score8 + score_offsets(result.path)[y.numpy()]), y).numpy()
+        agreements.append(float((keep8 == keep).mean()))
+        uncorrected.append(float((without == keep).mean()))
+    print(
+        f"{name}: int8 keep = float keep on {np.mean(agreements):.1%} (min {min(agreements):.1%}) "
+        f"over 5 seeds; without the bias correction {np.mean(uncorrected):.1%} (min {min(uncorrected):.1%})"
+    )
+    assert np.mean(agreements) >= 0.99
+
+
+def onnx_tensor(path, name: str) -> np.ndarray:
+    tensors = {tensor.name: tensor for tensor in onnx.load(str(path)).graph.initializer}
+    return onnx.numpy_helper.to_array(tensors[name])
+
+
+def score_offsets(path) -> np.ndarray:
+    return onnx_tensor(path, SCORE_OFFSET)
+
+
+def test_int8_scores_are_bias_corrected_per_class_on_the_calibration_samples(trained, tmp_path):
+    model = trained["resnet8"]
+    scorer, thresholds = calibrated(model, "margin")
+    x, y = synthetic(model.input_shape, model.num_classes, 300, seed=1)
+    sparse = (y != 0) | (torch.arange(len(y)) < 10 * 5)  # class 0: 5 of its 30 samples, too few
+    x, y = x[sparse], y[sparse]
+    float_result = export_onnx(scorer, thresholds, tmp_path / "float.onnx")
+    result = export_onnx(scorer, thresholds, tmp_path / "int8.onnx", int8=True, calibration=(x, y))
+    assert not score_offsets(float_result.path).any()
+    offsets = score_offsets(result.path)
+    _, score, _ = run_graph(float_result.path, x, y)
+    _, score8, _ = run_graph(result.path, x, y)
+    labels = y.numpy()
+    assert (labels == 0).sum() == 5
+    # Corrected: no systematic int8-minus-float difference left in a class with enough samples;
+    # class 0 takes the pooled mean of the uncorrected differences.
+    corrected = score8.astype(np.float64) - score
+    for c in range(1, model.num_classes):
+        assert abs(corrected[labels == c].mean()) < 1e-6 * np.abs(score).max()
+    uncorrected = corrected + offsets[labels]
+    assert offsets[0] == pytest.approx(uncorrected.mean(), rel=1e-5)
+    assert np.abs(offsets).max() > 1e-3 * np.std(score)  # int8 did shift the classes: a real test
+
+
+def test_int8_export_when_the_exporter_aliases_the_offset_to_equal_band_edges(trained, tmp_path):
+    # Band edges all 0.0 equal the zero offset: the tracer keeps one tensor and an Identity.
+    model = trained["digits_cnn"]
+    scorer, thresholds = calibrated(model, "margin")
+    zeros = dataclasses.replace(thresholds, high=(0.0,) * model.num_classes)
+    calibration = synthetic(model.input_shape, model.num_classes, 300, seed=1)
+    result = export_onnx(scorer, zeros, tmp_path / "int8.onnx", int8=True, calibration=calibration)
+    offsets, edges = score_offsets(result.path), onnx_tensor(result.path, "high")
+    assert offsets.any() and not edges.any()  # the offset written, the band edges untouched
+    x, y = synthetic(model.input_shape, model.num_classes, 200, seed=3)
+    _, score, keep = run_graph(result.path, x, y)
+    assert np.array_equal(keep, score <= 0.0)
 
 
 @pytest.mark.parametrize(

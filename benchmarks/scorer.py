@@ -34,6 +34,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import datetime
 import gc
+import itertools
 import json
 import math
 import platform
@@ -61,6 +62,55 @@ CAPTUM_TARGETS = {64: 1.0, 1: 1.25}
 OFFER_BATCH_TARGET = 0.6
 
 
+class BatchNormGapNet(nn.Module):
+    """A model drip never saw (the issue's case): three conv-BatchNorm-ReLU blocks, GAP and a
+    linear head, as a custom module that declares its head (no Sequential to run child by child)."""
+
+    input_shape = (1, 28, 28)
+    num_classes = 10
+    drip_layer = "act3"
+    drip_head = "fc"
+
+    def __init__(self) -> None:
+        super().__init__()
+        widths = (1, 16, 32, 64)
+        for index, (inputs, outputs) in enumerate(itertools.pairwise(widths), start=1):
+            self.add_module(f"conv{index}", nn.Conv2d(inputs, outputs, 3, stride=2, padding=1, bias=False))
+            self.add_module(f"bn{index}", nn.BatchNorm2d(outputs))
+            self.add_module(f"act{index}", nn.ReLU())
+        self.fc = nn.Linear(widths[-1], self.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for index in (1, 2, 3):
+            x = getattr(self, f"act{index}")(getattr(self, f"bn{index}")(getattr(self, f"conv{index}")(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def mlp_lenet() -> nn.Module:
+    """The other unseen case: a plain Sequential LeNet whose conv features go flat into an MLP."""
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 5),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 8 * 8, 128),
+        nn.ReLU(),
+        nn.Linear(128, 10),
+    )
+    model.input_shape, model.num_classes, model.drip_layer = (1, 28, 28), 10, "4"
+    return model
+
+
+# drip's reference models, and two it never saw (custom module with BatchNorm; flatten + MLP).
+BENCH_MODELS: dict[str, Callable[[], nn.Module]] = {
+    **MODELS,
+    "bn_gap_net": BatchNormGapNet,
+    "mlp_lenet": mlp_lenet,
+}
+
+
 @dataclass
 class Case:
     """One model at one batch size, with everything its approaches need."""
@@ -84,7 +134,7 @@ class Case:
 def build_case(name: str, batch: int) -> Case:
     """A seeded model in eval mode, its default and paper's scorers, and a random labelled batch."""
     torch.manual_seed(0)
-    model = MODELS[name]().eval()
+    model = BENCH_MODELS[name]().eval()
     x = torch.randn(batch, *model.input_shape)
     y = torch.randint(0, model.num_classes, (batch,))
     paper = DripScorer(model, statistic="mean", target="label", cam="gradcam")
@@ -407,7 +457,12 @@ def check_agreement(models: list[str], batches: list[int]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["lenet", "resnet8", "dscnn", "digits_cnn"])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=sorted(BENCH_MODELS),
+        default=["lenet", "resnet8", "dscnn", "digits_cnn", "bn_gap_net", "mlp_lenet"],
+    )
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 64])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--rounds", type=int, default=9)

@@ -14,8 +14,9 @@ from conftest import gap_model, mlp_head_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from drip import cam as cam_module
 from drip.errors import DripInputError, DripModelError
-from drip.models import digits_cnn
+from drip.models import digits_cnn, lenet
 from drip.score import SIGNED_STATISTICS, STATISTICS, DripScorer, score_in_batches
 from drip.validation import check_inputs, check_labels
 
@@ -66,6 +67,93 @@ def test_net_score_is_the_targets_logit_form_and_mean_adds_what_relu_cut(target,
     scores = DripScorer(model, statistic="mean", target=target)(x, y)
     expected = expected_mean + torch.relu(-pre_relu).flatten(1).mean(1)
     assert torch.allclose(scores, expected, atol=1e-6)
+
+
+def _without_head_bias(model: torch.nn.Sequential) -> torch.nn.Sequential:
+    model[-1].bias = None
+    return model
+
+
+def _without_biases(model: torch.nn.Sequential) -> torch.nn.Sequential:
+    for module in model:
+        if isinstance(module, torch.nn.Linear):
+            module.bias = None
+    return model
+
+
+# (model, its target layer, its input): GAP + linear heads (closed form) and piecewise MLP heads.
+MEANS_WITHOUT_MAP_CASES = {
+    "custom-module": (lambda: digits_cnn().eval(), "relu3", (1, 8, 8)),
+    "sequential": (lambda: gap_model(classes=10), "3", (2, 8, 8)),
+    "head-without-bias": (lambda: _without_head_bias(gap_model(classes=10)), "3", (2, 8, 8)),
+    "mlp-head": (lambda: mlp_head_model(), "4", (1, 8, 8)),
+    "mlp-head-without-biases": (lambda: _without_biases(mlp_head_model()), "4", (1, 8, 8)),
+    "lenet-pool-then-mlp": (lambda: lenet().eval(), "relu2", (1, 28, 28)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MEANS_WITHOUT_MAP_CASES))
+@pytest.mark.parametrize("target", ["label", "margin", "logprob", "predicted"])
+@pytest.mark.parametrize("cam", ["gradcam", "xgradcam"])
+@pytest.mark.parametrize("batch", [1, 5, 40])  # 40 x 10 logits: the tensor path, not Python's
+def test_net_scores_without_the_map_equal_the_signed_maps_mean(case, target, cam, batch):
+    make_model, layer, shape = MEANS_WITHOUT_MAP_CASES[case]
+    torch.manual_seed(1)
+    model = make_model()
+    scorer = DripScorer(model, layer, target=target, cam=cam)
+    piecewise = scorer.cam.path == "piecewise"
+    assert scorer.cam.means_without_map == (cam == "xgradcam" or not piecewise)
+    classes = 4 if case.startswith("mlp") else 10
+    x, y = torch.randn(batch, *shape), torch.randint(0, classes, (batch,))
+    first = scorer.score_batch(x, y)  # the closed form's first call checks the head, measures |S|
+    second = scorer.score_batch(x, y)
+    maps = scorer.heatmaps(x, y)
+    expected = maps.flatten(1).mean(1)
+    scale = expected.abs().max()
+    for batch_scores in (first.scores, second.scores):
+        assert torch.allclose(batch_scores, expected, rtol=1e-5, atol=1e-6 * scale)
+    assert torch.equal(second.logits, first.logits)
+    assert torch.allclose(second.maps, maps)  # computed when read
+    assert all(t.grad_fn is None and not t.requires_grad for t in (second.scores, second.logits))
+
+
+def test_net_scores_without_the_map_follow_the_layers_size_when_the_input_size_changes():
+    model = gap_model(classes=10)  # fully convolutional: |S| is the input's size
+    scorer = DripScorer(model, "3")
+    for size in (8, 6, 8, 11):
+        x, y = torch.randn(3, 2, size, size), torch.tensor([0, 4, 9])
+        scorer(x, y)
+        assert torch.allclose(scorer(x, y), scorer.heatmaps(x, y).flatten(1).mean(1), rtol=1e-5, atol=1e-6)
+
+
+def test_a_samples_net_score_is_the_same_bits_on_its_first_call_and_by_either_route(monkeypatch):
+    # A resumed stream's first batch meets a fresh scorer: its scores must equal those of the
+    # uninterrupted run, whose scorer had been called before (a store compares them bit for bit).
+    x, y = torch.rand(5, 1, 8, 8), torch.tensor([0, 3, 9, 9, 1])
+    torch.manual_seed(0)
+    model = digits_cnn().eval()
+    first = DripScorer(model)(x, y)
+    scorer = DripScorer(model)
+    scorer(x, y)
+    assert torch.equal(scorer(x, y), first)
+    many, labels = 40 * torch.rand(300, 1, 8, 8), torch.arange(300) % 10  # logits far from the biases
+    for target in ("label", "margin"):
+        scorer = DripScorer(model, target=target)
+        monkeypatch.setattr(cam_module, "_PYTHON_MARGIN_LOGITS", 10**9)
+        by_python = scorer(many, labels)
+        monkeypatch.setattr(cam_module, "_PYTHON_MARGIN_LOGITS", 0)
+        assert torch.equal(scorer(many, labels), by_python)  # the tensors' route
+
+
+def test_which_scores_need_no_map():
+    model = digits_cnn().eval()
+    assert DripScorer(model).cam.means_without_map
+    assert not DripScorer(model, statistic="mean").cam.means_without_map  # ReLU'd: needs the map
+    assert not DripScorer(model, cam="gradcam++").cam.means_without_map
+    assert not DripScorer(model, path="autograd").cam.means_without_map
+    assert DripScorer(mlp_head_model(), "4").cam.means_without_map  # piecewise, XGrad-CAM
+    assert not DripScorer(mlp_head_model(), "4", cam="gradcam").cam.means_without_map
+    assert not DripScorer(mlp_head_model(), "3").cam.means_without_map  # a signed layer (the conv)
 
 
 def test_default_target_is_the_margin():

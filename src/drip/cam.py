@@ -23,7 +23,9 @@ forward does, which costs no hook at all. The model's train/eval mode and its ``
 flags are left as found; calls work inside ``torch.no_grad()`` and ``torch.inference_mode()``.
 Maps are raw (ReLU'd, never min-max normalised): their magnitude is what makes scores comparable
 across samples. ``rectify=False`` keeps the map signed (no ReLU): where the layer holds evidence
-against the target the map is negative, which a score of net evidence needs.
+against the target the map is negative, which a score of net evidence needs; the mean of that
+signed map is, for Grad-CAM and XGrad-CAM on the closed form and XGrad-CAM on a piecewise head, a
+function of the logits and the head's biases (``map_means``), computed without the map.
 
 What is differentiated, the **target**, is a function of the logits z for each sample's class y:
 ``"class"`` is z_y (Grad-CAM as published); ``"margin"`` is z_y - max_{j != y} z_j, the map of how
@@ -199,6 +201,31 @@ def _margin_coefficients(
     return torch.tensor(coefficients, dtype=like.dtype, device=like.device).reshape(logits.shape)
 
 
+def _few_target_means(
+    target: str, logits: torch.Tensor, classes: torch.Tensor, offsets: torch.Tensor | None, positions: int
+) -> torch.Tensor:
+    """The ``"class"`` or ``"margin"`` target of ``logits - offsets`` over ``positions``, for a few
+    samples, in Python's float64: (z_y - o_y), or that minus (z_r - o_r) with r the strongest rival
+    of z (the first on ties). ``offsets``: (C,) for every sample, (B, C) per sample, or None."""
+    if target == "margin":
+        _check_has_rivals(target, logits)
+    rows = logits.tolist()
+    if offsets is None:
+        offset_rows = [[0.0] * logits.shape[1]] * len(rows)
+    else:
+        offset_rows = offsets.tolist() if offsets.dim() == 2 else [offsets.tolist()] * len(rows)
+    means = []
+    for row, offset, label in zip(rows, offset_rows, classes.tolist()):
+        value = row[label] - offset[label]
+        if target == "margin":
+            others = row.copy()
+            others[label] = -math.inf
+            rival = others.index(max(others))
+            value -= row[rival] - offset[rival]
+        means.append(value / positions)
+    return logits.new_tensor(means)
+
+
 def target_logit_gradient(target: str, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """dt/dz ``(B, C)``: the gradient of each sample's target with respect to its logits.
 
@@ -337,6 +364,8 @@ class LayerGradCam:
         self.head: nn.Linear | None = linear if path in ("auto", "closed_form") else None
         self._nonnegative = type(self.layer) in (nn.ReLU, nn.ReLU6)
         self._head_verified = False
+        # (sample shape, |S|) of the closed form's last call: the layer's positions for that input.
+        self._positions: tuple[tuple[int, ...], int] | None = None
         self._runs_children = _is_plain_sequential_child(model, self.layer)
         self.piecewise_head = (
             find_piecewise_linear_head(model, self.layer)
@@ -357,6 +386,13 @@ class LayerGradCam:
             # whose value it took: both sums can be taken at the pool's output, so a pool right
             # after the layer needs no indices and no scatter.
             self._pool_sums = method in ("gradcam", "xgradcam") and type(self.piecewise_head[0]) in _MAX_POOLS
+            # The map's sum as t(z) - t(z0) (``means_without_map``) needs a layer whose zero-sum
+            # channels are zero everywhere, and, once a Linear has run, only Linear and ReLU steps.
+            linear_at = next(i for i, m in enumerate(self.piecewise_head) if type(m) is nn.Linear)
+            self._biases_propagate = self._nonnegative and all(
+                type(m) in (nn.Linear, nn.ReLU, nn.Identity, nn.Dropout)
+                for m in self.piecewise_head[linear_at:]
+            )
 
     def _head_rows(
         self, weight: torch.Tensor, logits: torch.Tensor, classes: torch.Tensor, scale: float = 1.0
@@ -369,6 +405,92 @@ class LayerGradCam:
         else:
             rows = target_logit_gradient(self.target, logits, classes) @ weight
         return rows if scale == 1.0 else rows.mul_(scale)
+
+    @property
+    def means_without_map(self) -> bool:
+        """Whether the signed map's mean (the ``net`` score) can be had without forming the map.
+
+        * Closed form, Grad-CAM or XGrad-CAM: the mean is dt/dz . (z - b) / |S| (b: the head's
+          biases). A channel's weight is (dt/dz) W[:, k] / |S| (XGrad-CAM's is that too, or 0
+          where the channel sums to 0 and adds nothing to the mean either way), and
+          sum_k W[c, k] mean(A_k) = z_c - b_c.
+        * Piecewise head, XGrad-CAM, a ReLU layer: the map's sum is sum A dt/dA, the head's
+          first-order term, and a piecewise-linear head is linear on the piece the sample is on:
+          sum A dt/dA = t(z) - t(z0), with z0 the head's output for a zero layer output and its
+          ReLUs held as they were: its biases pushed through the masked layers, a few small ops
+          where the gradient took matrix products as large as the head's.
+        """
+        if self.rectify:
+            return False
+        if self.head is not None:
+            return self.method in ("gradcam", "xgradcam")
+        return self.piecewise_head is not None and self.method == "xgradcam" and self._biases_propagate
+
+    def map_means(
+        self, x: torch.Tensor, classes: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means ``(B,)`` of the signed maps and the logits ``(B, C)``, without the map.
+
+        Needs ``means_without_map``. The closed form's first call for an input shape runs the
+        whole path once, which checks the head's premise and measures |S|; later calls run only
+        the model, with no capture of the layer, no map and no reduction over positions: at batch
+        1 those were a third of a small model's forward.
+        """
+        assert self.means_without_map
+        if self.head is None:
+            return self._piecewise_means(x, classes)
+        if not self._head_verified or self._positions is None or self._positions[0] != tuple(x.shape[1:]):
+            logits = self._closed_form(x, classes).logits
+        else:
+            with torch.inference_mode():
+                logits = self.model(x)
+            self._check_logits(logits, x)
+            logits = logits.clone()  # an ordinary tensor, as the closed form hands back
+        assert self._positions is not None
+        classes = self._classes(classes, logits)
+        bias = self.head.bias
+        return self._target_means(
+            logits, classes, None if bias is None else bias.detach(), self._positions[1]
+        ), logits
+
+    def _piecewise_means(
+        self, x: torch.Tensor, classes: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if _calls_hooks(self.model, *self.piecewise_head):  # as in __call__: hooks need autograd
+            result = self._autograd(x, classes)
+            return result.maps.mean(tuple(range(1, result.maps.dim()))), result.logits
+        with torch.inference_mode():
+            activations, logits, steps = self._head_forward(x)
+            classes = self._classes(classes, logits)
+            offsets = None  # the head's output for a zero layer output, on the sample's piece
+            for kind, saved in steps:
+                if kind == "linear":
+                    if offsets is not None:
+                        offsets = nn.functional.linear(offsets, saved.weight, saved.bias)
+                    elif saved.bias is not None:
+                        offsets = saved.bias.expand(len(x), -1)
+                elif kind == "relu" and offsets is not None:
+                    offsets = torch.ops.aten.threshold_backward(offsets, saved, 0.0)
+        positions = math.prod(activations.shape[2:])
+        # Outside inference mode (as the other paths): the results are ordinary tensors.
+        logits = logits.clone()
+        return self._target_means(
+            logits, classes, None if offsets is None else offsets.clone(), positions
+        ), logits
+
+    def _target_means(
+        self, logits: torch.Tensor, classes: torch.Tensor, offsets: torch.Tensor | None, positions: int
+    ) -> torch.Tensor:
+        """The target's linear form of ``logits - offsets`` per sample, divided by ``positions``.
+
+        In float64, rounded once to the logits' dtype, so that Python's route for a few samples
+        and the tensors' route give the same bits: a sample's score must not depend on the route.
+        """
+        if self.target != "logprob" and logits.numel() <= _PYTHON_MARGIN_LOGITS:
+            return _few_target_means(self.target, logits, classes, offsets, positions)
+        centred = logits.double() if offsets is None else logits.double() - offsets.double()
+        coefficients = target_logit_gradient(self.target, logits, classes).double()
+        return (coefficients * centred).sum(1).div_(positions).to(logits.dtype)
 
     @property
     def closed_form(self) -> bool:
@@ -473,11 +595,11 @@ class LayerGradCam:
             activations, logits = self._forward_capturing(x, replace=False)
             if not self._head_verified:
                 self._verify_head(activations, logits)
+            positions = math.prod(activations.shape[2:])
+            self._positions = (tuple(x.shape[1:]), positions)
             classes = self._classes(classes, logits)
             # dz/dA is the head's row / |S| at every position.
-            weights = self._head_rows(
-                self.head.weight, logits, classes, 1.0 / math.prod(activations.shape[2:])
-            )
+            weights = self._head_rows(self.head.weight, logits, classes, 1.0 / positions)
             if self.method == "xgradcam" and not self._nonnegative:
                 # A constant gradient weighted by the activations' own shares is the gradient
                 # itself, except in a channel whose activations sum to zero (XGrad-CAM's 0/0 is
@@ -514,55 +636,60 @@ class LayerGradCam:
             )
         self._head_verified = bool(logits.numel())
 
+    def _head_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, object]]]:
+        """The layer's output, the logits and, per head step, what its backward needs: the model's
+        forward run child by child (call under ``torch.inference_mode``)."""
+        assert self.piecewise_head is not None
+        activations = x
+        for child in self._trunk:
+            activations = child(activations)
+        self._check_layer_output(activations)
+        output = activations
+        # What each step's backward needs: a Linear itself, a ReLU's output,
+        # a pool's argmax indices and input shape, a reshape's input shape.
+        steps: list[tuple[str, object]] = []
+        for position, module in enumerate(self.piecewise_head):
+            kind = type(module)
+            if position == 0 and self._pool_sums:
+                output = module(output)
+                steps.append(("pool_sums", output))
+            elif kind is nn.Linear:
+                steps.append(("linear", module))
+                output = nn.functional.linear(output, module.weight, module.bias)
+            elif kind is nn.ReLU:
+                output = output.relu()
+                steps.append(("relu", output))
+            elif kind in _MAX_POOLS:
+                shape = output.shape
+                output, indices = _MAX_POOLS[kind](
+                    output,
+                    module.kernel_size,
+                    module.stride,
+                    module.padding,
+                    module.dilation,
+                    ceil_mode=module.ceil_mode,
+                    return_indices=True,
+                )
+                steps.append(("unpool", (indices, shape)))
+            elif kind is nn.Flatten or _is_global_pool(module):
+                steps.append(("spread" if _is_global_pool(module) else "reshape", output.shape))
+                output = module(output)
+        self._check_logits(output, x)
+        return activations, output, steps
+
     def _piecewise(self, x: torch.Tensor, classes: torch.Tensor | None) -> CamResult:
         """The head run by hand, then its Jacobian's row for each class applied by hand."""
-        assert self.piecewise_head is not None
         with torch.inference_mode():
-            activations = x
-            for child in self._trunk:
-                activations = child(activations)
-            self._check_layer_output(activations)
-            output = activations
-            # What each step's backward needs: a Linear's weight, a ReLU's output,
-            # a pool's argmax indices and input shape, a reshape's input shape.
-            steps: list[tuple[str, object]] = []
-            for position, module in enumerate(self.piecewise_head):
-                kind = type(module)
-                if position == 0 and self._pool_sums:
-                    output = module(output)
-                    steps.append(("pool_sums", output))
-                elif kind is nn.Linear:
-                    steps.append(("linear", module.weight))
-                    output = nn.functional.linear(output, module.weight, module.bias)
-                elif kind is nn.ReLU:
-                    output = output.relu()
-                    steps.append(("relu", output))
-                elif kind in _MAX_POOLS:
-                    shape = output.shape
-                    output, indices = _MAX_POOLS[kind](
-                        output,
-                        module.kernel_size,
-                        module.stride,
-                        module.padding,
-                        module.dilation,
-                        ceil_mode=module.ceil_mode,
-                        return_indices=True,
-                    )
-                    steps.append(("unpool", (indices, shape)))
-                elif kind is nn.Flatten or _is_global_pool(module):
-                    steps.append(("spread" if _is_global_pool(module) else "reshape", output.shape))
-                    output = module(output)
-            self._check_logits(output, x)
-            logits = output
+            activations, logits, steps = self._head_forward(x)
             classes = self._classes(classes, logits)
             # The last step is a Linear of a (B, features) input: dt/dz through it is the first gradient.
-            gradients = self._head_rows(steps[-1][1], logits, classes)
+            gradients = self._head_rows(steps[-1][1].weight, logits, classes)
             for kind, saved in reversed(steps[:-1]):
                 if kind == "pool_sums":
                     weights = self._pooled_weights(gradients, saved, activations)
                     break
                 if kind == "linear":
-                    gradients = gradients @ saved
+                    gradients = gradients @ saved.weight
                 elif kind == "relu":  # ReLU's own backward: one op, where a mask and a product take two
                     gradients = torch.ops.aten.threshold_backward(gradients, saved, 0.0)
                 elif kind == "reshape":

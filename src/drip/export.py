@@ -17,9 +17,9 @@ device with onnxruntime (or any ONNX runtime) and no PyTorch decides keep/drop i
 samples: convolutions and linear layers become int8 (per-channel weight scales), except the first
 convolution and the layer computing the logits; the Grad-CAM combination, the statistic and the
 band comparison stay in float, and each class's systematic int8 shift of the score, measured on
-the calibration samples, is subtracted inside the graph (``score_offset``). The file carries, as ONNX metadata, the
-thresholds, the fingerprint of the torch model it came from and what it computes, so that
-``drip.onnx_scorer.OnnxScorer`` can refuse thresholds meant for another model.
+the calibration samples, is subtracted inside the graph (``score_offset``). The file carries, as
+ONNX metadata, the thresholds, the fingerprint of the torch model it came from and what it
+computes, so that ``drip.onnx_scorer.OnnxScorer`` can refuse thresholds meant for another model.
 
 Band edges are stored as float32 rounded inwards (low up, high down): for a float32 score s,
 ``low32 <= s <= high32`` exactly when ``low <= s <= high`` in float64, so the graph's ``keep``

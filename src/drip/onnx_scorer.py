@@ -11,6 +11,7 @@ weights to hash. Needs onnxruntime only (the ``export`` extra); not onnx, not to
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -126,8 +127,8 @@ class OnnxScorer:
         """Validate a batch, run the graph; ``maps`` is empty ``(B, 0)``: the graph outputs none."""
         inputs, labels = self.prepare(x, y, num_classes)
         logits, scores, _ = self._run(inputs, labels)
-        maps = torch.zeros(len(inputs), 0)
-        return ScoredBatch(inputs, labels, maps, torch.from_numpy(logits), torch.from_numpy(scores))
+        no_maps = functools.partial(torch.zeros, len(inputs), 0)
+        return ScoredBatch(inputs, labels, torch.from_numpy(logits), torch.from_numpy(scores), no_maps)
 
     def decide(self, x: Any, y: Any) -> torch.Tensor:
         """The graph's keep decisions ``(B,)`` bool: the score inside its label's band."""

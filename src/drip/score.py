@@ -7,9 +7,10 @@ evidence (informative, or mislabelled / corrupted).
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -81,14 +82,19 @@ _CAM_TARGET = {"label": "class", "predicted": "class", "margin": "margin", "logp
 
 @dataclass(frozen=True)
 class ScoredBatch:
-    """One scored batch: validated ``x``, labels ``y: (B,)``, ``maps: (B, *S)``,
-    ``logits: (B, C)`` and ``scores: (B,)``."""
+    """One scored batch: validated ``x``, labels ``y: (B,)``, ``logits: (B, C)``, ``scores: (B,)``
+    and ``maps: (B, *S)``, computed on first access where the scores did not need them."""
 
     x: torch.Tensor
     y: torch.Tensor
-    maps: torch.Tensor
     logits: torch.Tensor
     scores: torch.Tensor
+    compute_maps: Callable[[], torch.Tensor] = field(repr=False, compare=False)
+
+    @functools.cached_property
+    def maps(self) -> torch.Tensor:
+        """The class-activation maps of the scored targets."""
+        return self.compute_maps()
 
 
 class DripScorer:
@@ -118,6 +124,11 @@ class DripScorer:
     For other piecewise-linear heads (flatten + dense layers, LeNet's) XGrad-CAM keeps this
     identity (its weights average the gradient weighted by the activation: the map's sum is the
     head's first-order term), while Grad-CAM's plain gradient average loses it.
+
+    Because of these identities the default ``net`` score needs no map on either kind of head
+    (``LayerGradCam.means_without_map``): it is read off the logits (and, for a piecewise head,
+    the head's biases pushed through its active ReLUs), so scoring costs about one plain forward;
+    ``heatmaps`` and ``ScoredBatch.maps`` still form the map.
 
     Example::
 
@@ -207,8 +218,13 @@ class DripScorer:
         return inputs, labels
 
     def score_batch(self, x: Any, y: Any, *, num_classes: int | None = None) -> ScoredBatch:
-        """Validate a batch (labels as in ``prepare``), then compute its maps, logits and scores
-        in one pass."""
+        """Validate a batch (labels as in ``prepare``), then compute its logits and scores in one
+        pass. The maps come from that pass too, except where the score is a function of the logits
+        (the default ``net`` statistic on a GAP + linear head): then ``maps`` runs a second pass
+        when first read, and scoring costs about one plain forward."""
+        return self._score_batch(x, y, num_classes, maps_needed=False)
+
+    def _score_batch(self, x: Any, y: Any, num_classes: int | None, *, maps_needed: bool) -> ScoredBatch:
         inputs, labels = self.prepare(x, y, num_classes)
         if self.model.training and not self._warned_training:
             warnings.warn(
@@ -217,8 +233,16 @@ class DripScorer:
                 stacklevel=3,
             )
             self._warned_training = True
+        classes = None if self.target == "predicted" else labels
+        from_logits = self.statistic == "net" and self.cam.means_without_map and not maps_needed
         try:
-            result = self.cam(inputs, None if self.target == "predicted" else labels)
+            if from_logits:
+                scores, logits = self.cam.map_means(inputs, classes)
+                maps = functools.partial(_maps, self.cam, inputs, classes)
+            else:
+                result = self.cam(inputs, classes)
+                scores, logits = STATISTICS[self.statistic](result.maps), result.logits
+                maps = functools.partial(getattr, result, "maps")
         except DripError:
             raise
         except (RuntimeError, ValueError, TypeError, IndexError) as err:
@@ -226,22 +250,25 @@ class DripScorer:
                 f"x: expected input the model accepts, but its forward failed on shape "
                 f"{tuple(inputs.shape)}: {err}"
             ) from None
-        scores = STATISTICS[self.statistic](result.maps)
         if not all_finite(scores):
             bad = (~torch.isfinite(scores)).nonzero().flatten()[:10].tolist()
             raise DripInputError(
                 f"x: expected inputs the model scores finitely, but it overflowed on samples {bad} "
                 f"(as {inputs.dtype}): non-finite score"
             )
-        return ScoredBatch(inputs, labels, result.maps, result.logits, scores)
+        return ScoredBatch(inputs, labels, logits, scores, maps)
 
     def heatmaps(self, x: Any, y: Any) -> torch.Tensor:
         """Raw Grad-CAM maps ``(B, *S)`` of the target class at the layer's resolution."""
-        return self.score_batch(x, y).maps
+        return self._score_batch(x, y, None, maps_needed=True).maps
 
     def __call__(self, x: Any, y: Any) -> torch.Tensor:
         """DRIP scores ``(B,)`` of ``x: (B, ...)`` with labels ``y: (B,)``; high = redundant."""
         return self.score_batch(x, y).scores
+
+
+def _maps(cam: LayerGradCam, x: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
+    return cam(x, classes).maps
 
 
 def score_in_batches(

@@ -89,8 +89,11 @@ def check_inputs(
 
 def all_finite(tensor: torch.Tensor) -> bool:
     """Whether every element is finite, in one reduction when they are."""
-    # A sum is finite only if every element is; isfinite().all() costs three kernels, and this
-    # check runs on every sample. A non-finite sum may be an overflow of finite values: recheck.
+    # A few values (a batch-1 score) are checked in Python, cheaper than any kernel. Else: a sum
+    # is finite only if every element is, and isfinite().all() costs three kernels; a non-finite
+    # sum may be an overflow of finite values: recheck.
+    if tensor.numel() <= 16:
+        return all(map(math.isfinite, tensor.reshape(-1).tolist()))
     return math.isfinite(tensor.sum()) or bool(torch.isfinite(tensor).all())
 
 

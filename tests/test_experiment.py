@@ -207,7 +207,7 @@ def without_times(seed: dict) -> tuple[dict, dict]:
     return seed, phase
 
 
-def test_a_finished_seed_is_not_redone_and_another_config_is_refused(tmp_path, monkeypatch):
+def test_a_finished_seed_is_not_redone_and_another_config_is_refused(tmp_path, monkeypatch, capsys):
     config = ExperimentConfig(seeds=2, steps=5, q_high=0.3, sweep=(0.3,), arms=("full", "drip", "random"))
     data = load_digits().subset(range(400))
     calls = []
@@ -219,8 +219,14 @@ def test_a_finished_seed_is_not_redone_and_another_config_is_refused(tmp_path, m
     assert len(calls) == 2 * (planned_trainings(config) - 1 - 2)
     (tmp_path / "seed1" / "record.json").unlink()  # as if the run was killed during seed 1
     calls.clear()
-    again = run_experiment(config, data, tmp_path, progress=False)
+    again = run_experiment(config, data, tmp_path, progress=True)
     assert len(calls) == 3  # seed 0 read back, seed 1 redone
+    said = capsys.readouterr()
+    assert (
+        f"seed 0: finished by an earlier run, read back from {tmp_path / 'seed0' / 'record.json'}"
+        in said.out + said.err
+    )
+    assert "seed 1: finished" not in said.out + said.err
     assert again["seeds"][0] == first["seeds"][0]
     assert without_times(again["seeds"][1]) == without_times(first["seeds"][1])
     with pytest.raises(DripInputError, match="another configuration"):

@@ -547,6 +547,8 @@ def run_experiment(
         for seed in range(config.seeds):
             path = out / f"seed{seed}" / "record.json"
             record = _finished_seed(path, config)
+            if record is not None and progress:
+                bar.write(f"seed {seed}: finished by an earlier run, read back from {path}")
             if record is None:
                 record = run_seed(config, pool, test, seed, path.parent, progress, bar, device)
                 saved = json.dumps({"version": RESULTS_VERSION, "config": asdict(config), "record": record})

@@ -17,7 +17,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "inputs x (batch, ...) and label (batch,) int64; outputs logits, score and keep. The layer, "
         "statistic, target and CAM variant come from THRESHOLDS. The float graph's scores are "
         "checked against drip's before anything is written. --int8 quantises it statically with "
-        "onnxruntime, calibrated on the D0 samples of --calibration. Run it with "
+        "onnxruntime, calibrated on the D0 samples of --calibration (activation ranges, and each "
+        "class's int8 score shift, subtracted in the graph). Run it with "
         "`drip filter --engine onnx --model OUT`.",
     )
     export.add_argument("--model", type=Path, required=True, help="the scorer model the thresholds belong to")
@@ -25,7 +26,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     export.add_argument("--int8", action="store_true", help="static int8 quantisation (needs --calibration)")
     export.add_argument(
-        "--calibration", type=Path, default=None, help=".pt file with D0 tensors 'x' and 'y' (int8 ranges)"
+        "--calibration",
+        type=Path,
+        default=None,
+        help=".pt file with D0 tensors 'x' and 'y' (int8 ranges and score correction)",
     )
     export.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     export.add_argument(

@@ -121,7 +121,7 @@ def test_int8_decisions_agree_with_float(trained, tmp_path, name):
     # file is the graph itself, the same bytes for any model size.
     weights, weights8 = weight_bytes(float_result.path), weight_bytes(result.path)
     assert weights8 < weights / 2
-    assert result.size_bytes < float_result.size_bytes / 1.4
+    assert result.size_bytes < float_result.size_bytes / 1.8
     x, y = synthetic(model.input_shape, model.num_classes, 1000, seed=3)
     logits, _, keep = run_graph(float_result.path, x, y)
     logits8, _, keep8 = run_graph(result.path, x, y)
@@ -159,6 +159,23 @@ def test_int8_agreement_over_training_seeds(tmp_path, name):
         f"over 5 seeds; without the bias correction {np.mean(uncorrected):.1%} (min {min(uncorrected):.1%})"
     )
     assert np.mean(agreements) >= 0.99
+
+
+def test_exported_graphs_carry_no_names_or_shapes_only_a_reader_needs(trained, tmp_path):
+    model = trained["resnet8"]
+    scorer, thresholds = calibrated(model, "margin")
+    calibration = synthetic(model.input_shape, model.num_classes, 100, seed=1)
+    for int8 in (False, True):
+        graph = onnx.load(
+            str(export_onnx(scorer, thresholds, tmp_path / "s.onnx", int8=int8, calibration=calibration).path)
+        ).graph
+        assert not graph.value_info and not any(node.name or node.doc_string for node in graph.node)
+        values = {name for node in graph.node for name in (*node.input, *node.output)} | {
+            tensor.name for tensor in graph.initializer
+        }
+        named = {"x", "label", "logits", "score", "keep", "low", "high", SCORE_OFFSET, ""}
+        assert named - {""} <= values
+        assert all(name in named or (name[0] == "t" and name[1:].isdigit()) for name in values)
 
 
 def onnx_tensor(path, name: str) -> np.ndarray:

@@ -98,7 +98,8 @@ class ScoredBatch:
 
 
 class DripScorer:
-    """DRIP scores of labelled samples: ``statistic(ReLU(class-activation map of the target))``.
+    """DRIP scores of labelled samples: ``statistic(class-activation map of the target)``, of the
+    signed map for ``net`` (the default), of the ReLU'd map for every other statistic.
 
     ``layer`` is a module inside ``model`` or its dotted name; ``None`` takes the model's
     ``drip_layer`` attribute (every model in ``drip.models`` names its post-activation target).
@@ -107,12 +108,13 @@ class DripScorer:
     ``eval()`` mode yourself (a model left in training mode would update BatchNorm statistics
     while scoring; the scorer warns once).
 
-    The product's default score is the mean of the XGrad-CAM map of the **margin** target
+    The product's default score is the mean of the signed XGrad-CAM map of the **margin** target
     z_y - max_{j != y} z_j: how far the label wins over its strongest rival. The paper's score is
-    ``target="label", cam="gradcam"``. What the scores measure, for a global-average-pooling +
-    linear head (dz_c/dA_k = W[c, k] / |S|, where XGrad-CAM's weights equal Grad-CAM's): the map
-    before the ReLU has mean (t - b_t) / |S|, with t the target's logit form and b_t its biases,
-    so the ``mean`` score is (t - b_t) / |S| + mean(ReLU(-M)):
+    ``statistic="mean", target="label", cam="gradcam"``. What the scores measure, for a
+    global-average-pooling + linear head (dz_c/dA_k = W[c, k] / |S|, where XGrad-CAM's weights
+    equal Grad-CAM's): the map before the ReLU has mean (t - b_t) / |S|, the ``net`` score, with t
+    the target's logit form and b_t its biases, so the ``mean`` score is (t - b_t) / |S| +
+    mean(ReLU(-M)):
 
     * ``label``: t = z_y, the labelled logit (close to a logit-confidence score);
     * ``margin``: t = z_y - z_r with r the strongest rival (a confusable sample scores low even

@@ -186,6 +186,14 @@ def _check_has_rivals(target: str, logits: torch.Tensor) -> None:
 _PYTHON_MARGIN_LOGITS = 128
 
 
+def _rival(row: list[float], label: int) -> int:
+    """The strongest class other than ``label`` in one sample's logits (the first on ties, as
+    ``argmax``)."""
+    others = row.copy()
+    others[label] = -math.inf
+    return others.index(max(others))
+
+
 def _margin_coefficients(
     logits: torch.Tensor, classes: torch.Tensor, scale: float, like: torch.Tensor
 ) -> torch.Tensor:
@@ -194,7 +202,7 @@ def _margin_coefficients(
     _check_has_rivals("margin", logits)
     coefficients = []
     for row, label in zip(logits.tolist(), classes.tolist()):
-        rival = max((j for j in range(len(row)) if j != label), key=row.__getitem__)
+        rival = _rival(row, label)
         coefficient = [0.0] * len(row)
         coefficient[label], coefficient[rival] = scale, -scale
         coefficients.append(coefficient)
@@ -218,9 +226,7 @@ def _few_target_means(
     for row, offset, label in zip(rows, offset_rows, classes.tolist()):
         value = row[label] - offset[label]
         if target == "margin":
-            others = row.copy()
-            others[label] = -math.inf
-            rival = others.index(max(others))
+            rival = _rival(row, label)
             value -= row[rival] - offset[rival]
         means.append(value / positions)
     return logits.new_tensor(means)
@@ -638,7 +644,8 @@ class LayerGradCam:
 
     def _head_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, object]]]:
         """The layer's output, the logits and, per head step, what its backward needs: the model's
-        forward run child by child (call under ``torch.inference_mode``)."""
+        forward run child by child (the scorer runs it under ``torch.inference_mode``; the ONNX
+        export traces it)."""
         assert self.piecewise_head is not None
         activations = x
         for child in self._trunk:

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from .atomic import write_atomically
-from .cam import _MAX_POOLS, _combine, _is_global_pool, target_logit_gradient
+from .cam import _combine, target_logit_gradient
 from .errors import DripError, DripInputError, DripModelError, DripModelMismatchError
 from .onnx_scorer import FORMAT, VERSION, session
 from .score import STATISTICS, DripScorer
@@ -108,10 +108,6 @@ class DecisionGraph(nn.Module):
         self.cam = cam
         self.predicted = scorer.target == "predicted"
         self.statistic = STATISTICS[scorer.statistic]
-        if cam.piecewise_head is not None:
-            children = list(self.model)
-            self.trunk = tuple(children[: children.index(cam.layer) + 1])
-            self.pool_sums = cam.method == "gradcam" and type(cam.piecewise_head[0]) in _MAX_POOLS
         low, high = band_edges(thresholds)
         self.register_buffer("low", low)
         self.register_buffer("high", high)
@@ -157,52 +153,24 @@ class DecisionGraph(nn.Module):
         return captured[0], logits
 
     def _piecewise(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Activations, logits and the target's gradient at the layer, as explicit ops."""
-        assert self.cam.piecewise_head is not None
-        activations = x
-        for child in self.trunk:
-            activations = child(activations)
-        output = activations
-        steps: list[tuple[str, Any]] = []
-        for position, module in enumerate(self.cam.piecewise_head):
-            kind = type(module)
-            if position == 0 and self.pool_sums:
-                steps.append(("pool_sums", None))
-                output = module(output)
-            elif kind is nn.Linear:
-                steps.append(("linear", module.weight))
-                output = nn.functional.linear(output, module.weight, module.bias)
-            elif kind is nn.ReLU:
-                output = output.relu()
-                steps.append(("mask", (output > 0).to(output.dtype)))
-            elif kind in _MAX_POOLS:
-                shape = output.shape
-                output, indices = _MAX_POOLS[kind](
-                    output,
-                    module.kernel_size,
-                    module.stride,
-                    module.padding,
-                    module.dilation,
-                    ceil_mode=module.ceil_mode,
-                    return_indices=True,
-                )
-                steps.append(("unpool", (indices, shape)))
-            elif kind is nn.Flatten or _is_global_pool(module):
-                steps.append(("spread" if _is_global_pool(module) else "reshape", output.shape))
-                output = module(output)
-        logits = output
+        """Activations, logits and the target's gradient at the layer, as explicit ops: the
+        scorer's own head forward (``LayerGradCam._head_forward``), its backward written with
+        ops every ONNX runtime has (a ReLU's mask as a product, the scatter out of place)."""
+        activations, logits, steps = self.cam._head_forward(x)
         classes = logits.argmax(1) if self.predicted else label
-        gradients = self._head_rows(steps[-1][1], logits, classes)
+        gradients = self._head_rows(steps[-1][1].weight, logits, classes)
         spatial = activations.dim() - 2
         for kind, saved in reversed(steps[:-1]):
             if kind == "pool_sums":
-                # Routing through a max pool keeps each channel's sum: Grad-CAM's weights need no more.
-                sums = gradients.flatten(2).sum(2) / math.prod(activations.shape[2:])
-                return activations, logits, _broadcastable(sums, spatial)
+                # Channel weights from the max pool's output (``LayerGradCam._pooled_weights``),
+                # as a gradient constant over positions, which both Grad-CAM and XGrad-CAM turn
+                # back into those weights.
+                weights = self.cam._pooled_weights(gradients, saved, activations)
+                return activations, logits, _broadcastable(weights, spatial)
             if kind == "linear":
-                gradients = gradients @ saved
-            elif kind == "mask":
-                gradients = gradients * saved
+                gradients = gradients @ saved.weight
+            elif kind == "relu":
+                gradients = gradients * (saved > 0).to(gradients.dtype)
             elif kind == "reshape":
                 gradients = gradients.reshape(-1, *saved[1:])
             elif kind == "spread":
@@ -512,7 +480,7 @@ def quantize_int8(
 
     nodes = onnx.load(str(float_path)).graph.node
     convolutions = [node.name for node in nodes if node.op_type == "Conv"]
-    logit_layers = [node.name for node in nodes if "logits" in node.output and node.op_type == "Gemm"]
+    logit_layers = [node.name for node in nodes if OUTPUTS[0] in node.output and node.op_type == "Gemm"]
     root = logging.getLogger()
     level = root.level
     # onnxruntime.quantization logs advice ("consider pre-processing") on the root logger.

@@ -175,6 +175,8 @@ class DripScorer:
             target=_CAM_TARGET[target],
             rectify=statistic not in SIGNED_STATISTICS,
         )
+        # Decided once: the statistic, the head's kind and the map's variant are fixed.
+        self._scores_without_map = statistic == "net" and self.cam.means_without_map
         shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
         self.input_shape: tuple[int, ...] | None = tuple(shape) if shape is not None else None
         self._warned_training = False
@@ -236,9 +238,8 @@ class DripScorer:
             )
             self._warned_training = True
         classes = None if self.target == "predicted" else labels
-        from_logits = self.statistic == "net" and self.cam.means_without_map and not maps_needed
         try:
-            if from_logits:
+            if self._scores_without_map and not maps_needed:
                 scores, logits = self.cam.map_means(inputs, classes)
                 maps = functools.partial(_maps, self.cam, inputs, classes)
             else:

@@ -93,7 +93,7 @@ def all_finite(tensor: torch.Tensor) -> bool:
     # is finite only if every element is, and isfinite().all() costs three kernels; a non-finite
     # sum may be an overflow of finite values: recheck.
     if tensor.numel() <= 16:
-        return all(map(math.isfinite, tensor.reshape(-1).tolist()))
+        return all(map(math.isfinite, tensor.tolist() if tensor.dim() == 1 else tensor.reshape(-1).tolist()))
     return math.isfinite(tensor.sum()) or bool(torch.isfinite(tensor).all())
 
 

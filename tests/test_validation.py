@@ -22,3 +22,5 @@ def test_all_finite_is_isfinite_all_at_every_size(values, dtype):
     tensor = torch.tensor(values, dtype=dtype)
     assert all_finite(tensor) == all(math.isfinite(v) for v in tensor.tolist())
     assert all_finite(tensor.reshape(-1, 1)) == all_finite(tensor)
+    if values:  # a 0-d tensor: one value, no list to walk
+        assert all_finite(tensor[0]) == math.isfinite(tensor[0].item())

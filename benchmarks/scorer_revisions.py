@@ -8,6 +8,11 @@ another process on the other core does not count; reported per model: each score
 plain forward (median over rounds) and the speed of this checkout over the revision's. Before
 timing, both scorers must give the same scores (relative 1e-4).
 
+A third reference, the **floor**, is the least any validated score of the batch costs: the forward
+plus the operations no scorer can skip, each done once (the inputs' finiteness as one reduction,
+the labels and the logits read into Python, the scores made a tensor). ``this / floor`` is the
+share of the remaining cost that is drip's own code.
+
     .venv/bin/python benchmarks/scorer_revisions.py --revision b0f5799 --batch 1
 """
 
@@ -20,6 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import importlib
 import io
+import math
 import statistics
 import subprocess
 import sys
@@ -71,7 +77,20 @@ def compare(name: str, batch: int, old_scorer: type, rounds: int) -> dict:
         with torch.inference_mode():
             return model(x)
 
-    approaches = {"forward": forward, "revision": lambda: old(x, y), "this": lambda: new(x, y)}
+    def floor() -> torch.Tensor:
+        math.isfinite(x.sum())
+        labels = y.tolist()
+        with torch.inference_mode():
+            logits = model(x)
+        logits.tolist()
+        return logits.new_tensor([0.0] * len(labels))
+
+    approaches = {
+        "forward": forward,
+        "floor": floor,
+        "revision": lambda: old(x, y),
+        "this": lambda: new(x, y),
+    }
     for call in approaches.values():
         for _ in range(30):
             call()
@@ -85,7 +104,14 @@ def compare(name: str, batch: int, old_scorer: type, rounds: int) -> dict:
         return statistics.median(f / t for f, t in zip(found["forward"], found[key]))
 
     speedup = statistics.median(o / n for o, n in zip(found["revision"], found["this"]))
-    return {"revision": over_forward("revision"), "this": over_forward("this"), "speedup": speedup}
+    over_floor = statistics.median(f / t for f, t in zip(found["floor"], found["this"]))
+    return {
+        "floor": over_forward("floor"),
+        "revision": over_forward("revision"),
+        "this": over_forward("this"),
+        "this_over_floor": over_floor,
+        "speedup": speedup,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,12 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="drip-revision-") as folder:
         old_scorer = scorer_at(args.revision, Path(folder))
-        print(f"| model | batch | {args.revision} / forward | this / forward | this over {args.revision} |")
-        print("|---|--:|--:|--:|--:|")
+        print(
+            f"| model | batch | floor / forward | {args.revision} / forward | this / forward | "
+            f"this / floor | this over {args.revision} |"
+        )
+        print("|---|--:|--:|--:|--:|--:|--:|")
         for name in args.models:
             r = compare(name, args.batch, old_scorer, args.rounds)
             print(
-                f"| {name} | {args.batch} | {r['revision']:.2f}x | {r['this']:.2f}x | {r['speedup']:.2f}x |"
+                f"| {name} | {args.batch} | {r['floor']:.2f}x | {r['revision']:.2f}x | {r['this']:.2f}x | "
+                f"{r['this_over_floor']:.2f}x | {r['speedup']:.2f}x |"
             )
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (CPU time of this thread, one torch thread)")
     return 0

@@ -309,13 +309,83 @@ def test_repeated_calls_keep_no_activations_or_graphs(factory, layer, activation
     assert live_tensors() <= before
 
 
-def test_closed_form_hands_back_ordinary_tensors():
+@pytest.mark.parametrize("labels", [[0, 1, 2], torch.tensor([0, 1, 2])])  # the general and the steady route
+def test_closed_form_hands_back_ordinary_tensors(labels):
     # The closed form runs under inference mode; what it returns must still be usable as any tensor.
     model = digits_cnn().eval()
-    batch = DripScorer(model).score_batch(torch.rand(3, 1, 8, 8), [0, 1, 2])
+    scorer = DripScorer(model)
+    x = torch.rand(3, 1, 8, 8)
+    scorer(x, labels)  # the steady route needs a verified head
+    batch = scorer.score_batch(x, labels)
     for tensor in (batch.maps, batch.logits, batch.scores):
         assert not tensor.is_inference()
         tensor.mul_(2)  # in place: refused for inference tensors outside inference mode
+
+
+def _steady_scorer(target: str = "margin") -> tuple[DripScorer, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    scorer = DripScorer(digits_cnn().eval(), target=target)
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 3, 9, 9])
+    scorer(x, y)  # verifies the closed form for this input shape
+    return scorer, x, y
+
+
+def test_a_stream_of_model_ready_tensors_skips_the_general_checks(monkeypatch):
+    # The device's case: a few samples as tensors already of the model's dtype, device and shape.
+    # The steady route must really be taken, or the bit-for-bit checks below would compare one
+    # route with itself.
+    scorer, x, y = _steady_scorer()
+    expected = scorer.score_batch(x.tolist(), y.tolist()).scores
+    monkeypatch.setattr(DripScorer, "prepare", lambda *args: pytest.fail("prepare ran"))
+    assert torch.equal(scorer(x, y), expected)
+    assert torch.allclose(scorer(x[:1], y[:1]), expected[:1], rtol=1e-5)  # batch 1's kernels differ
+    assert scorer.score_batch(x, y).model_logits.is_inference()  # copied only when read
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=st.integers(1, 40),  # past _STEADY_BATCH and past Python's 128 logits
+    scale=st.sampled_from([1e-3, 1.0, 300.0]),
+    target=st.sampled_from(["label", "margin", "predicted", "logprob"]),
+    seed=st.integers(0, 2**16),
+)
+def test_the_steady_route_gives_the_general_routes_bits(batch, scale, target, seed):
+    # A list or an array goes through prepare; the same samples as model-ready tensors do not.
+    scorer, _, _ = _steady_scorer(target)
+    generator = torch.Generator().manual_seed(seed)
+    x = scale * torch.rand(batch, 1, 8, 8, generator=generator)
+    y = torch.randint(0, 10, (batch,), generator=generator)
+    steady, general = scorer.score_batch(x, y), scorer.score_batch(x.numpy(), y.tolist())
+    assert torch.equal(steady.scores, general.scores)
+    assert torch.equal(steady.logits, general.logits)
+    assert torch.equal(steady.maps, general.maps)
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+def test_the_steady_route_leaves_every_mistake_to_the_general_checks():
+    scorer, x, y = _steady_scorer()
+    with pytest.raises(DripInputError, match="label 10 is out of range"):
+        scorer(x, torch.tensor([0, 1, 2, 10]))
+    with pytest.raises(DripInputError, match="label -1 is out of range"):
+        scorer(x, torch.tensor([0, 1, 2, -1]))
+    with pytest.raises(DripInputError, match=r"samples \[2\] contain NaN"):
+        scorer(torch.where(torch.arange(4)[:, None, None, None] == 2, math.nan, x), y)
+    with pytest.raises(DripInputError, match=r"expected shape \(B, 1, 8, 8\)"):
+        scorer(x[..., :7], y)
+    with pytest.raises(DripInputError, match="3 labels for 4 samples"):
+        scorer(x, y[:3])
+    with pytest.raises(DripInputError, match="sparse"):
+        scorer(x.to_sparse(), y)
+    with pytest.raises(DripInputError, match="nested"):
+        scorer(torch.nested.nested_tensor(list(x)), y)
+    # A bound wider than the head's classes (thresholds of another model): the head says no.
+    with pytest.raises(DripInputError, match=r"classes: expected values in \[0, 10\)"):
+        scorer.score_batch(x, torch.tensor([0, 1, 2, 11]), num_classes=12)
+    # Tensors the model needs converted still score as the model's own dtype would.
+    assert torch.equal(scorer(x.double(), y.int()), scorer(x, y))
+    scorer.model.train()
+    with pytest.warns(UserWarning, match="training mode"):
+        scorer(x, y)
 
 
 @pytest.mark.parametrize("overwrite", [False, True])

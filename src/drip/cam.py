@@ -38,6 +38,7 @@ the head is the same linear map for every target, so all three paths serve all t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -212,24 +213,38 @@ def _margin_coefficients(
 def _few_target_means(
     target: str, logits: torch.Tensor, classes: torch.Tensor, offsets: torch.Tensor | None, positions: int
 ) -> torch.Tensor:
-    """The ``"class"`` or ``"margin"`` target of ``logits - offsets`` over ``positions``, for a few
-    samples, in Python's float64: (z_y - o_y), or that minus (z_r - o_r) with r the strongest rival
-    of z (the first on ties). ``offsets``: (C,) for every sample, (B, C) per sample, or None."""
+    """``_target_values`` of a few samples' logits as a tensor. ``offsets``: (C,) for every
+    sample, (B, C) per sample, or None."""
     if target == "margin":
         _check_has_rivals(target, logits)
-    rows = logits.tolist()
     if offsets is None:
-        offset_rows = [[0.0] * logits.shape[1]] * len(rows)
+        offset_rows = None
     else:
-        offset_rows = offsets.tolist() if offsets.dim() == 2 else [offsets.tolist()] * len(rows)
-    means = []
-    for row, offset, label in zip(rows, offset_rows, classes.tolist()):
+        offset_rows = offsets.tolist() if offsets.dim() == 2 else [offsets.tolist()] * len(logits)
+    return logits.new_tensor(
+        _target_values(target, logits.tolist(), classes.tolist(), offset_rows, positions)
+    )
+
+
+def _target_values(
+    target: str,
+    rows: list[list[float]],
+    labels: list[int],
+    offset_rows: list[list[float]] | None,
+    positions: int,
+) -> list[float]:
+    """The ``"class"`` or ``"margin"`` target of ``rows - offset_rows`` over ``positions``, in
+    Python's float64: (z_y - o_y), or that minus (z_r - o_r) with r the strongest rival of z (the
+    first on ties). Each value is rounded once, where it becomes a tensor."""
+    zero = [0.0] * (len(rows[0]) if rows else 0)
+    values = []
+    for row, label, offset in zip(rows, labels, offset_rows or itertools.repeat(zero)):
         value = row[label] - offset[label]
         if target == "margin":
             rival = _rival(row, label)
             value -= row[rival] - offset[rival]
-        means.append(value / positions)
-    return logits.new_tensor(means)
+        values.append(value / positions)
+    return values
 
 
 def target_logit_gradient(target: str, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -458,6 +473,42 @@ class LayerGradCam:
         return self._target_means(
             logits, classes, None if bias is None else bias.detach(), self._positions[1]
         ), logits
+
+    def few_map_means(
+        self, x: torch.Tensor, classes: list[int] | None
+    ) -> tuple[list[float], torch.Tensor] | None:
+        """``map_means`` of a few samples on a closed form already verified for their shape: the
+        means as Python floats (to be rounded once, where they become a tensor) and the logits as
+        an inference tensor (copy them before changing them in place or using them with autograd).
+
+        The path of a device scoring its stream one sample at a time, where each tensor op cost a
+        measurable share of a small model's forward. Needs ``means_without_map``; ``classes`` are
+        checked here against the head's classes (None: each sample's predicted class). Returns
+        None, having run nothing, where it does not apply (``map_means`` then runs, or says what is
+        wrong): another head, an input shape the closed form has not verified, the ``"logprob"``
+        target, a margin without rivals, classes out of range, or more logits than Python's route
+        takes.
+        """
+        head = self.head
+        if (
+            head is None
+            or not self._head_verified
+            or self._positions is None
+            or self._positions[0] != x.shape[1:]
+            or self.target == "logprob"
+            or (self.target == "margin" and head.out_features < 2)
+            or len(x) * head.out_features > _PYTHON_MARGIN_LOGITS
+            or (classes and (min(classes) < 0 or max(classes) >= head.out_features))
+        ):
+            return None
+        with torch.inference_mode():
+            logits = self.model(x)
+        self._check_logits(logits, x)
+        rows = logits.tolist()
+        if classes is None:
+            classes = [row.index(max(row)) for row in rows]  # argmax: the first on ties
+        offsets = None if head.bias is None else [head.bias.tolist()] * len(rows)
+        return _target_values(self.target, rows, classes, offsets, self._positions[1]), logits
 
     def _piecewise_means(
         self, x: torch.Tensor, classes: torch.Tensor | None

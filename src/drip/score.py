@@ -8,6 +8,7 @@ evidence (informative, or mislabelled / corrupted).
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -76,20 +77,31 @@ TARGETS: tuple[str, ...] = ("label", "predicted", "margin", "logprob")
 DEFAULT_STATISTIC = "net"
 DEFAULT_TARGET: Target = "margin"
 DEFAULT_CAM: CamMethod = "xgradcam"
+# Up to this many samples, a batch already as ``prepare`` returns it is checked by
+# ``_steady_labels``, which reads the labels into Python (as ``int_range`` does up to 32 values:
+# beyond, one reduction is cheaper than the copy).
+_STEADY_BATCH = 32
 # What each scorer target differentiates (drip.cam's target) and for which class.
 _CAM_TARGET = {"label": "class", "predicted": "class", "margin": "margin", "logprob": "logprob"}
 
 
 @dataclass(frozen=True)
 class ScoredBatch:
-    """One scored batch: validated ``x``, labels ``y: (B,)``, ``logits: (B, C)``, ``scores: (B,)``
-    and ``maps: (B, *S)``, computed on first access where the scores did not need them."""
+    """One scored batch: validated ``x``, labels ``y: (B,)``, ``scores: (B,)``, ``logits: (B, C)``
+    and ``maps: (B, *S)``; the last two computed on first access where the scores did not need
+    them."""
 
     x: torch.Tensor
     y: torch.Tensor
-    logits: torch.Tensor
+    model_logits: torch.Tensor = field(repr=False)
     scores: torch.Tensor
     compute_maps: Callable[[], torch.Tensor] = field(repr=False, compare=False)
+
+    @functools.cached_property
+    def logits(self) -> torch.Tensor:
+        """The model's logits, an ordinary tensor (``model_logits`` may be an inference tensor,
+        copied here on first access: a filter deciding on scores never reads them)."""
+        return self.model_logits.clone() if self.model_logits.is_inference() else self.model_logits
 
     @functools.cached_property
     def maps(self) -> torch.Tensor:
@@ -208,7 +220,9 @@ class DripScorer:
         if self._first_parameter is None:
             return None
         module, name = self._first_parameter
-        return getattr(module, name, None)
+        # The registry first: getattr on a module runs nn.Module.__getattr__, in Python.
+        parameter = module._parameters.get(name)
+        return parameter if parameter is not None else getattr(module, name, None)
 
     def prepare(self, x: Any, y: Any, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Validated ``x: (B, ...)`` on the model's device and dtype, and labels ``y: (B,)`` in
@@ -229,21 +243,23 @@ class DripScorer:
         return self._score_batch(x, y, num_classes, maps_needed=False)
 
     def _score_batch(self, x: Any, y: Any, num_classes: int | None, *, maps_needed: bool) -> ScoredBatch:
-        inputs, labels = self.prepare(x, y, num_classes)
-        if self.model.training and not self._warned_training:
-            warnings.warn(
-                "DripScorer: the model is in training mode; scores of a model in eval() mode are "
-                "what thresholds are calibrated on",
-                stacklevel=3,
-            )
-            self._warned_training = True
-        classes = None if self.target == "predicted" else labels
+        map_free = self._scores_without_map and not maps_needed
+        steady = self._steady_labels(x, y, num_classes) if map_free else None
+        if steady is None:
+            x, y = self.prepare(x, y, num_classes)
+            self._warn_if_training()
+        classes = None if self.target == "predicted" else y
         try:
-            if self._scores_without_map and not maps_needed:
-                scores, logits = self.cam.map_means(inputs, classes)
-                maps = functools.partial(_maps, self.cam, inputs, classes)
+            few = None if steady is None else self.cam.few_map_means(x, None if classes is None else steady)
+            if few is not None:
+                values, logits = few
+                scores = logits.new_tensor(values)
+                maps = functools.partial(_maps, self.cam, x, classes)
+            elif map_free:
+                scores, logits = self.cam.map_means(x, classes)
+                maps = functools.partial(_maps, self.cam, x, classes)
             else:
-                result = self.cam(inputs, classes)
+                result = self.cam(x, classes)
                 scores, logits = STATISTICS[self.statistic](result.maps), result.logits
                 maps = functools.partial(getattr, result, "maps")
         except DripError:
@@ -251,15 +267,62 @@ class DripScorer:
         except (RuntimeError, ValueError, TypeError, IndexError) as err:
             raise DripInputError(
                 f"x: expected input the model accepts, but its forward failed on shape "
-                f"{tuple(inputs.shape)}: {err}"
+                f"{tuple(x.shape)}: {err}"
             ) from None
         if not all_finite(scores):
             bad = (~torch.isfinite(scores)).nonzero().flatten()[:10].tolist()
             raise DripInputError(
                 f"x: expected inputs the model scores finitely, but it overflowed on samples {bad} "
-                f"(as {inputs.dtype}): non-finite score"
+                f"(as {x.dtype}): non-finite score"
             )
-        return ScoredBatch(inputs, labels, logits, scores, maps)
+        return ScoredBatch(x, y, logits, scores, maps)
+
+    def _steady_labels(self, x: Any, y: Any, num_classes: int | None) -> list[int] | None:
+        """The labels as a list where ``x`` and ``y`` are already what ``prepare`` returns, else
+        None (``prepare`` then converts them or says what is wrong).
+
+        A device scoring its stream hands over a few samples at a time as tensors of the model's
+        dtype and device, and at batch 1 ``prepare``'s general checks were a tenth of a small
+        model's forward: here they are a few attribute reads, one reduction (the inputs'
+        finiteness) and the labels' copy to Python, which the score needs anyway.
+        """
+        parameter = self._parameter()
+        if (
+            type(x) is not torch.Tensor
+            or type(y) is not torch.Tensor
+            or parameter is None
+            or x.is_nested
+            or x.layout is not torch.strided
+            or y.layout is not torch.strided
+            or x.dtype is not parameter.dtype
+            or y.dtype is not torch.int64
+            or self.model.training
+        ):
+            return None
+        shape = x.shape
+        if (
+            y.shape != shape[:1]
+            or not 0 < shape[0] <= _STEADY_BATCH
+            or (self.input_shape is not None and shape[1:] != self.input_shape)
+            # Each .device builds an object (2 us a call at batch 1, measured): CPU is a flag.
+            or not (x.is_cpu and y.is_cpu if parameter.is_cpu else x.device == parameter.device == y.device)
+        ):
+            return None
+        labels = y.tolist()
+        bound = num_classes if num_classes is not None else self.num_classes
+        if min(labels) < 0 or (bound is not None and max(labels) >= bound):
+            return None
+        # A sum is finite only if every element is; a non-finite one may be an overflow: prepare rechecks.
+        return labels if math.isfinite(x.sum()) else None
+
+    def _warn_if_training(self) -> None:
+        if self.model.training and not self._warned_training:
+            warnings.warn(
+                "DripScorer: the model is in training mode; scores of a model in eval() mode are "
+                "what thresholds are calibrated on",
+                stacklevel=4,
+            )
+            self._warned_training = True
 
     def heatmaps(self, x: Any, y: Any) -> torch.Tensor:
         """Raw Grad-CAM maps ``(B, *S)`` of the target class at the layer's resolution."""
@@ -267,7 +330,7 @@ class DripScorer:
 
     def __call__(self, x: Any, y: Any) -> torch.Tensor:
         """DRIP scores ``(B,)`` of ``x: (B, ...)`` with labels ``y: (B,)``; high = redundant."""
-        return self.score_batch(x, y).scores
+        return self._score_batch(x, y, None, maps_needed=False).scores
 
 
 def _maps(cam: LayerGradCam, x: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:

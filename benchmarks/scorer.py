@@ -1,7 +1,8 @@
 """DRIP scoring against plain inference and captum's LayerGradCam: throughput and memory.
 
 Run by ``make bench-scorer`` (never by ``make test``). For each model, batch size and thread count,
-the median samples/s of: plain forward under ``torch.inference_mode``; ``DripScorer`` with the
+the median samples/s of: plain forward under ``torch.inference_mode``; the ``floor``, the least
+any validated score costs (the forward and the few operations no scorer can skip); ``DripScorer`` with the
 product's default score (XGrad-CAM of the label's margin) and with the paper's (Grad-CAM of the
 label's logit); ``DripScorer.heatmaps``; ``DripFilter.offer_batch`` into a durable on-disk
 ``SampleStore`` (the whole device path); ``DripFilter.offer`` one sample at a time (a durable
@@ -206,6 +207,18 @@ def plain_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
+def floor(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The least any validated score of the batch costs, with none of drip's code: the forward
+    plus, once each, the inputs' finiteness as one reduction, the labels and the logits read into
+    Python, and the scores made a tensor."""
+    math.isfinite(x.sum())
+    labels = y.tolist()
+    with torch.inference_mode():
+        logits = model(x)
+    logits.tolist()
+    return logits.new_tensor([0.0] * len(labels))
+
+
 def keep_everything(case: Case) -> Thresholds:
     """Bands without bounds, bound to the case's model: every sample offered is stored."""
     classes = case.model.num_classes
@@ -237,6 +250,7 @@ def approaches(case: Case, durable: DripFilter, fast: DripFilter) -> dict[str, C
 
     calls = {
         "forward": lambda: plain_forward(model, x),
+        "floor": lambda: floor(model, x, y),
         "score": lambda: scorer(x, y),
         "score_paper": lambda: paper(x, y),
         "heatmaps": lambda: scorer.heatmaps(x, y),
@@ -412,13 +426,13 @@ def targets(result: dict) -> list[dict]:
 def markdown(results: list[dict], memory: list[dict]) -> str:
     """The results as markdown: throughput with ratios, the store's shares, memory."""
     lines = [
-        "| model | head | batch | threads | forward /s | score | paper's score | heatmaps | offer_batch "
-        "| offer | captum | paper's / captum | store share | commit share |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| model | head | batch | threads | forward /s | floor | score | paper's score | heatmaps "
+        "| offer_batch | offer | captum | paper's / captum | store share | commit share |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in results:
         cells = []
-        for name in ("score", "score_paper", "heatmaps", "offer_batch", "offer", "captum"):
+        for name in ("floor", "score", "score_paper", "heatmaps", "offer_batch", "offer", "captum"):
             if name not in r["rates"]:
                 cells.append("-")
                 continue

@@ -8,10 +8,9 @@ another process on the other core does not count; reported per model: each score
 plain forward (median over rounds) and the speed of this checkout over the revision's. Before
 timing, both scorers must give the same scores (relative 1e-4).
 
-A third reference, the **floor**, is the least any validated score of the batch costs: the forward
-plus the operations no scorer can skip, each done once (the inputs' finiteness as one reduction,
-the labels and the logits read into Python, the scores made a tensor). ``this / floor`` is the
-share of the remaining cost that is drip's own code.
+A third reference is the **floor** (``scorer.floor``): the least any validated score of the batch
+costs, the forward plus the operations no scorer can skip, each once. ``this / floor`` shows what
+drip's own code costs on top.
 
     .venv/bin/python benchmarks/scorer_revisions.py --revision b0f5799 --batch 1
 """
@@ -25,7 +24,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import importlib
 import io
-import math
 import statistics
 import subprocess
 import sys
@@ -36,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from scorer import BENCH_MODELS  # drip's models and two it never saw (this folder's scorer.py)
+from scorer import BENCH_MODELS, floor  # drip's models and two it never saw; the floor
 
 from drip import DripScorer
 
@@ -77,17 +75,9 @@ def compare(name: str, batch: int, old_scorer: type, rounds: int) -> dict:
         with torch.inference_mode():
             return model(x)
 
-    def floor() -> torch.Tensor:
-        math.isfinite(x.sum())
-        labels = y.tolist()
-        with torch.inference_mode():
-            logits = model(x)
-        logits.tolist()
-        return logits.new_tensor([0.0] * len(labels))
-
     approaches = {
         "forward": forward,
-        "floor": floor,
+        "floor": lambda: floor(model, x, y),
         "revision": lambda: old(x, y),
         "this": lambda: new(x, y),
     }

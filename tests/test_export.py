@@ -13,7 +13,7 @@ from torch import nn
 
 from drip.cli import main
 from drip.errors import DripError, DripInputError, DripModelError, DripModelMismatchError
-from drip.export import SCORE_OFFSET, band_edges, export_onnx
+from drip.export import SCORE_OFFSET, DecisionGraph, band_edges, export_onnx
 from drip.models import MODELS
 from drip.onnx_scorer import OnnxScorer
 from drip.score import DripScorer
@@ -233,11 +233,16 @@ def test_int8_export_when_the_exporter_aliases_the_offset_to_equal_band_edges(tr
         ("margin", "entropy", "gradcam++"),
         ("label", "coverage", "xgradcam"),
         ("label", "sum", "layercam"),
+        # The net score, read off the logits in the graph (no map), for each target's branch:
+        ("predicted", "net", "xgradcam"),
+        ("logprob", "net", "gradcam"),
+        ("label", "net", "gradcam"),
     ],
 )
 def test_every_target_statistic_and_cam_on_the_closed_form(trained, tmp_path, target, statistic, cam):
     model = trained["digits_cnn"]
     scorer, thresholds = calibrated(model, target, statistic=statistic, cam=cam)
+    assert DecisionGraph(scorer, thresholds).map_free == (statistic == "net")
     export_onnx(scorer, thresholds, tmp_path / "s.onnx")
     x, y = synthetic(model.input_shape, model.num_classes, 200, seed=4)
     expected = scorer(x, y)

@@ -265,6 +265,17 @@ def target_logit_gradient(target: str, logits: torch.Tensor, classes: torch.Tens
     raise DripInputError(f"target: expected one of {CAM_TARGETS}, got {target!r}")
 
 
+def target_means(
+    target: str, logits: torch.Tensor, classes: torch.Tensor, offsets: torch.Tensor | None, positions: int
+) -> torch.Tensor:
+    """dt/dz . (logits - offsets) / positions per sample, in tensor ops: in float64, rounded once
+    to the logits' dtype (the signed map's mean, ``LayerGradCam.map_means``; the ONNX export
+    traces it)."""
+    centred = logits.double() if offsets is None else logits.double() - offsets.double()
+    coefficients = target_logit_gradient(target, logits, classes).double()
+    return ((coefficients * centred).sum(1) / positions).to(logits.dtype)
+
+
 def _weighted_sum(
     weights: torch.Tensor, activations: torch.Tensor, scale: float = 1.0, rectify: bool = True
 ) -> torch.Tensor:
@@ -460,13 +471,10 @@ class LayerGradCam:
         assert self.means_without_map
         if self.head is None:
             return self._piecewise_means(x, classes)
-        if not self._head_verified or self._positions is None or self._positions[0] != tuple(x.shape[1:]):
-            logits = self._closed_form(x, classes).logits
+        if self._verified_for(x):
+            logits = self._plain_logits(x).clone()  # an ordinary tensor, as the closed form hands back
         else:
-            with torch.inference_mode():
-                logits = self.model(x)
-            self._check_logits(logits, x)
-            logits = logits.clone()  # an ordinary tensor, as the closed form hands back
+            logits = self._closed_form(x, classes).logits
         assert self._positions is not None
         classes = self._classes(classes, logits)
         bias = self.head.bias
@@ -492,23 +500,31 @@ class LayerGradCam:
         head = self.head
         if (
             head is None
-            or not self._head_verified
-            or self._positions is None
-            or self._positions[0] != x.shape[1:]
+            or not self._verified_for(x)
             or self.target == "logprob"
             or (self.target == "margin" and head.out_features < 2)
             or len(x) * head.out_features > _PYTHON_MARGIN_LOGITS
             or (classes and (min(classes) < 0 or max(classes) >= head.out_features))
         ):
             return None
-        with torch.inference_mode():
-            logits = self.model(x)
-        self._check_logits(logits, x)
+        assert self._positions is not None
+        logits = self._plain_logits(x)
         rows = logits.tolist()
         if classes is None:
             classes = [row.index(max(row)) for row in rows]  # argmax: the first on ties
         offsets = None if head.bias is None else [head.bias.tolist()] * len(rows)
         return _target_values(self.target, rows, classes, offsets, self._positions[1]), logits
+
+    def _verified_for(self, x: torch.Tensor) -> bool:
+        """Whether the closed form's head was verified and |S| measured for ``x``'s sample shape."""
+        return self._head_verified and self._positions is not None and self._positions[0] == x.shape[1:]
+
+    def _plain_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits (an inference tensor), from a forward with nothing captured."""
+        with torch.inference_mode():
+            logits = self.model(x)
+        self._check_logits(logits, x)
+        return logits
 
     def _piecewise_means(
         self, x: torch.Tensor, classes: torch.Tensor | None
@@ -545,9 +561,7 @@ class LayerGradCam:
         """
         if self.target != "logprob" and logits.numel() <= _PYTHON_MARGIN_LOGITS:
             return _few_target_means(self.target, logits, classes, offsets, positions)
-        centred = logits.double() if offsets is None else logits.double() - offsets.double()
-        coefficients = target_logit_gradient(self.target, logits, classes).double()
-        return (coefficients * centred).sum(1).div_(positions).to(logits.dtype)
+        return target_means(self.target, logits, classes, offsets, positions)
 
     @property
     def closed_form(self) -> bool:

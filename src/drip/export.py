@@ -8,7 +8,7 @@ device with onnxruntime (or any ONNX runtime) and no PyTorch decides keep/drop i
 * **closed form** (the layer followed only by global average pooling and a linear head): the
   forward pass, dt/dz from the logits, one product with the head's weights, the map and the
   statistic: a few ops beyond plain inference. The default score needs not even those: it is
-  read off the logits as the scorer reads it (``LayerGradCam.map_means``), in float64, with no
+  read off the logits by the scorer's own tensor route (``cam.target_means``), in float64, with no
   layer captured and no map;
 * **piecewise linear** (LeNet-like plain ``nn.Sequential`` heads of Linear, ReLU, max and global
   average pooling, Flatten): the head's gradient is written out as explicit ops, the ReLU masks
@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from .atomic import write_atomically
-from .cam import _combine, target_logit_gradient
+from .cam import _combine, target_logit_gradient, target_means
 from .errors import DripError, DripInputError, DripModelError, DripModelMismatchError
 from .onnx_scorer import FORMAT, VERSION, session
 from .score import STATISTICS, DripScorer
@@ -110,9 +110,9 @@ class DecisionGraph(nn.Module):
         self.cam = cam
         self.predicted = scorer.target == "predicted"
         self.statistic = STATISTICS[scorer.statistic]
-        # The default score on a GAP + linear head is a function of the logits (``_net_score``);
+        # The default score on a GAP + linear head is a function of the logits, as in the scorer;
         # |S| is the scorer's, measured on its first call for the traced input shape.
-        self.map_free = cam.head is not None and scorer.statistic == "net" and cam.means_without_map
+        self.map_free = cam.head is not None and scorer._scores_without_map
         low, high = band_edges(thresholds)
         self.register_buffer("low", low)
         self.register_buffer("high", high)
@@ -123,37 +123,29 @@ class DecisionGraph(nn.Module):
         self.eval()
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if self.map_free:
+        logits, score = self._scores(x, label)
+        score = score - self.score_offset.index_select(0, label)
+        keep = (score >= self.low.index_select(0, label)) & (score <= self.high.index_select(0, label))
+        return logits, score, keep
+
+    def _scores(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits and the scorer's score, before the int8 offset."""
+        cam = self.cam
+        if self.map_free:  # no capture, no map: the scorer's own tensor route
+            assert cam.head is not None and cam._positions is not None
             logits = self.model(x)
             classes = logits.argmax(1) if self.predicted else label
-            score = self._net_score(logits, classes) - self.score_offset.index_select(0, label)
-            keep = (score >= self.low.index_select(0, label)) & (score <= self.high.index_select(0, label))
-            return logits, score, keep
-        if self.cam.head is not None:
+            bias = cam.head.bias
+            return logits, target_means(cam.target, logits, classes, bias, cam._positions[1])
+        if cam.head is not None:
             activations, logits = self._capture(x)
             classes = logits.argmax(1) if self.predicted else label
-            weights = self._head_rows(self.cam.head.weight, logits, classes)
+            weights = self._head_rows(cam.head.weight, logits, classes)
             spatial = activations.dim() - 2
             gradients = _broadcastable(weights, spatial) / math.prod(activations.shape[2:])
         else:
             activations, logits, gradients = self._piecewise(x, label)
-        maps = _combine(self.cam.method, activations, gradients, self.cam.rectify)
-        score = self.statistic(maps) - self.score_offset.index_select(0, label)
-        keep = (score >= self.low.index_select(0, label)) & (score <= self.high.index_select(0, label))
-        return logits, score, keep
-
-    def _net_score(self, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """The signed map's mean read off the logits, dt/dz . (z - b) / |S|, as
-        ``LayerGradCam.map_means`` computes it for a GAP + linear head (no capture, no map): in
-        float64, rounded once, so the score carries no rounding of its own beyond the logits'."""
-        assert self.cam.head is not None and self.cam._positions is not None
-        bias = self.cam.head.bias
-        centred = logits.double() if bias is None else logits.double() - bias.double()
-        if self.cam.target == "class":
-            total = centred.gather(1, classes[:, None])[:, 0]
-        else:
-            total = (target_logit_gradient(self.cam.target, logits, classes).double() * centred).sum(1)
-        return (total / self.cam._positions[1]).to(logits.dtype)
+        return logits, self.statistic(_combine(cam.method, activations, gradients, cam.rectify))
 
     def _head_rows(self, weight: torch.Tensor, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """dt/dz @ ``weight`` (``LayerGradCam._head_rows``)."""

@@ -8,7 +8,6 @@ evidence (informative, or mislabelled / corrupted).
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -312,8 +311,7 @@ class DripScorer:
         bound = num_classes if num_classes is not None else self.num_classes
         if min(labels) < 0 or (bound is not None and max(labels) >= bound):
             return None
-        # A sum is finite only if every element is; a non-finite one may be an overflow: prepare rechecks.
-        return labels if math.isfinite(x.sum()) else None
+        return labels if all_finite(x) else None
 
     def _warn_if_training(self) -> None:
         if self.model.training and not self._warned_training:

@@ -49,6 +49,7 @@ def band(q_high: float = 0.4, q_low: float = 0.0, classes: int = CLASSES) -> Thr
         q_low=q_low,
         target="label",
         cam="gradcam",
+        rule="per-class",
     )
 
 
@@ -90,6 +91,30 @@ def test_water_fill_shares_equally_and_gives_what_a_class_cannot_use_to_the_othe
     assert water_fill(10, [1, 8, 8]) == [1, 4.5, 4.5]
     assert water_fill(10, [1, 2, 3]) == [1, 2, 3]  # not enough supply: every class gets all of its
     assert water_fill(0, [3, 3]) == [0, 0]
+
+
+def test_water_fill_in_proportion_to_weights():
+    assert water_fill(12, [12, 12], [1, 3]) == [3, 9]
+    assert water_fill(12, [1, 12, 12], [4, 1, 1]) == [1, 5.5, 5.5]  # class 0 capped, the rest shared
+    assert water_fill(12, [5, 12], [0, 1]) == [0, 12]  # a class of weight 0 gets nothing
+    assert water_fill(12, [5, 5], [1, 1]) == water_fill(12, [5, 5])
+
+
+@given(
+    capacity=st.floats(0, 1e6),
+    pairs=st.lists(
+        st.tuples(st.floats(0, 1e6), st.one_of(st.just(0.0), st.floats(1e-6, 1e3))), min_size=1, max_size=12
+    ),
+)
+def test_weighted_water_fill_never_exceeds_supply_and_is_proportional_where_it_binds(capacity, pairs):
+    supply, weights = [p[0] for p in pairs], [p[1] for p in pairs]
+    shares = water_fill(capacity, supply, weights)
+    usable = sum(c for c, w in pairs if w > 0)
+    assert sum(shares) == pytest.approx(min(capacity, usable), rel=1e-9, abs=1e-6)
+    assert all(0 <= s <= c * (1 + 1e-12) for s, c in zip(shares, supply))
+    ratios = [s / w for s, c, w in zip(shares, supply, weights) if w > 1e-9 and s < c * (1 - 1e-9)]
+    if ratios:  # the classes short of their supply all got the same share per unit of weight
+        assert max(ratios) - min(ratios) <= 1e-6 * max(1.0, max(ratios))
 
 
 @given(capacity=st.floats(0, 1e6), supply=st.lists(st.floats(0, 1e6), min_size=1, max_size=12))
@@ -319,3 +344,30 @@ def test_for_any_stream_the_store_never_exceeds_its_budget(
             held = {s.id for s in store}
             assert all(d.sample_id in held for d in decisions if d.kept)
         assert drip.budget.state.seen == len(labels) == sum(drip.counters.seen)
+
+
+@pytest.mark.parametrize("rule", ["per-class", "pooled", "coverage"])
+def test_the_budget_shares_the_store_as_the_rule_shares_the_stream(tmp_path, rule):
+    # Class 0 easy (scores in [0.5, 1)), class 1 hard ([0, 0.5)); the store holds 30% of 4000.
+    generator = torch.Generator().manual_seed(5)
+    labels = torch.arange(4000) % 2
+    scores = (torch.rand(4000, generator=generator) + 1 - labels) / 2
+    calibration = (torch.rand(400, generator=generator) + 1 - torch.arange(400) % 2) / 2
+    thresholds = Thresholds.from_scores(
+        calibration, torch.arange(400) % 2, 2, q_high=0.5, target="label", cam="gradcam", rule=rule
+    )
+    capacity = 1200 * SAMPLE_BYTES
+    with SampleStore(
+        tmp_path / "s.sqlite", capacity_bytes=capacity, when_full="evict", durable=False
+    ) as store:
+        stream_with_budget(passthrough_scorer(2), thresholds, scores.reshape(-1, 1, 1), labels, store)
+        used, counts = store.bytes_used, store.class_counts()
+    assert used <= capacity
+    easy, hard = counts.get(0, 0), counts.get(1, 0)
+    if rule == "per-class":  # a class-balanced store
+        assert abs(easy - hard) <= 0.05 * (easy + hard)
+    elif rule == "pooled":  # the easy class keeps nothing at calibration: the hard one gets the store
+        assert easy <= 0.02 * (easy + hard)
+    else:  # the floor: half an equal share of the calibrated keep, 25% of the easy class's samples
+        assert thresholds.keep_rates()[0] == pytest.approx(0.25, abs=0.01)
+        assert 0.15 * (easy + hard) <= easy <= 0.35 * (easy + hard)

@@ -9,7 +9,7 @@ import torch
 from fixtures import write_cifar_folder, write_mnist_idx, write_plant_tree, write_speech_corpus
 
 from drip import experiment
-from drip.arms import ARMS, BANDS, EQUAL_COUNT
+from drip.arms import ARMS, BANDS, EQUAL_COUNT, StreamSignals, generator_for
 from drip.cli import main
 from drip.data import load_digits
 from drip.errors import DripInputError
@@ -187,7 +187,7 @@ def test_drip_experiment_runs_on_each_data_set_fixture(tmp_path, dataset):
 def test_results_of_another_version_are_refused(tmp_path, capsys):
     (tmp_path / "results.json").write_text(json.dumps({"format": "drip-results", "version": 1, "seeds": []}))
     assert main(["report", str(tmp_path)]) == 2
-    assert "expected drip results version 3, got ('drip-results', 1)" in capsys.readouterr().err
+    assert "expected drip results version 4, got ('drip-results', 1)" in capsys.readouterr().err
 
 
 def test_report_of_a_missing_run_is_one_clear_line(tmp_path, capsys):
@@ -237,10 +237,11 @@ def test_paper_arm_uses_the_papers_score_on_the_same_model(tmp_path):
     config = ExperimentConfig(seeds=1, steps=20, q_high=0.4, sweep=(), arms=("drip", "drip-paper"))
     seed = run_experiment(config, load_digits().subset(range(500)), tmp_path, progress=False)["seeds"][0]
     assert (seed["thresholds"]["statistic"], seed["thresholds"]["target"]) == ("net", "margin")
-    label = ExperimentConfig(**{**config.__dict__, "statistic": "mean", "target": "label"})
+    paper = {"statistic": "mean", "target": "label", "rule": "per-class"}
+    label = ExperimentConfig(**{**config.__dict__, **paper})
     same = run_experiment(label, load_digits().subset(range(500)), tmp_path / "label", progress=False)
     arms = same["seeds"][0]["arms"]
-    assert arms["drip-paper"] == arms["drip"]  # the same score and band: not trained twice
+    assert arms["drip-paper"] == arms["drip"]  # the same score, rule and band: not trained twice
 
 
 def test_the_same_run_twice_gives_the_same_results(tmp_path):
@@ -288,3 +289,44 @@ def test_plots_name_the_map_the_run_used(noisy_run, tmp_path, monkeypatch):
     )
     plot_gallery(results, tmp_path / "heatmaps.png")
     assert f"with XGrad-CAM of the {results['config']['target']} target" in titles[0]
+
+
+def test_each_rule_is_an_arm_and_the_one_drip_uses_is_not_trained_twice(tmp_path):
+    config = ExperimentConfig(
+        seeds=1,
+        steps=20,
+        q_high=0.5,
+        sweep=(),
+        rule="pooled",
+        arms=("drip", "drip-per-class", "drip-pooled", "drip-coverage"),
+    )
+    seed = run_experiment(config, load_digits().subset(range(600)), tmp_path, progress=False)["seeds"][0]
+    arms = seed["arms"]
+    assert seed["thresholds"]["rule"] == "pooled"
+    assert arms["drip-pooled"] == arms["drip"]
+    for record in arms.values():
+        assert sum(record["kept_per_class"]) == record["kept"]
+    # At the same band the rules keep about the same share, but spend it differently. (Here every
+    # class has under 30 calibration points, so per-class quantiles fall back to the pooled one.)
+    assert abs(arms["drip-coverage"]["kept"] - arms["drip"]["kept"]) <= 0.1 * arms["drip"]["kept"]
+    assert arms["drip-coverage"]["kept_per_class"] != arms["drip"]["kept_per_class"]
+    assert planned_trainings(config) == 1 + 3  # the cheap phase, then drip, per-class, coverage
+
+
+@pytest.mark.parametrize("control", ["random", "reservoir"])
+def test_random_controls_do_not_share_the_corruptions_draw(tmp_path, control):
+    """RANDOM once took a prefix of the very permutation that chose the corrupted samples, and so
+    kept every one of them whenever it kept more samples than were corrupted."""
+    config = ExperimentConfig(seeds=1, steps=5, q_high=0.5, sweep=(), arms=("drip",), noise="label")
+    data = load_digits()
+    seed = run_experiment(config, data, tmp_path, progress=False)["seeds"][0]
+    corrupted = torch.tensor(seed["stream"]["corrupted"], dtype=torch.bool)
+    _, stream, _ = experiment.seed_splits(config, data, None, 0)
+    noisy, again = corrupt(stream, "label", 0.2, 1.0, generator_for(0, "corruption"))
+    assert torch.equal(again, corrupted)  # the run corrupts from the corruption's own stream
+    signals = StreamSignals(noisy, torch.zeros(0), {}, torch.zeros(0), 0.0, "coverage", 0)
+    half = len(stream) // 2
+    kept = signals.equal_count(control, half)
+    share = float((kept & corrupted).sum() / corrupted.sum())
+    # A random half keeps about half of the corrupted samples (binomial sd about 0.04 here).
+    assert abs(share - 0.5) < 0.15

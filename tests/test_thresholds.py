@@ -20,7 +20,7 @@ def test_per_class_quantiles_and_pooled_fallback():
     rng = np.random.default_rng(0)
     scores = np.concatenate([rng.uniform(0, 1, 100), rng.uniform(10, 11, 100), [50.0, 60.0]])
     labels = np.array([0] * 100 + [1] * 100 + [2, 2])
-    t = Thresholds.from_scores(scores, labels, 3, q_high=0.3, min_class_points=30)
+    t = Thresholds.from_scores(scores, labels, 3, q_high=0.3, min_class_points=30, rule="per-class")
     assert t.high[0] == pytest.approx(np.quantile(scores[:100], 0.7))
     assert t.high[1] == pytest.approx(np.quantile(scores[100:200], 0.7))
     assert t.high[2] == pytest.approx(np.quantile(scores, 0.7))  # 2 points: pooled
@@ -53,7 +53,7 @@ def test_bands_are_ordered_and_keep_about_the_asked_fraction(scores, q_high, q_l
         return
     labels = [i % classes for i in range(len(scores))]
     t = Thresholds.from_scores(
-        scores, labels, classes, q_high=q_high, q_low=q_low, min_class_points=min_points
+        scores, labels, classes, q_high=q_high, q_low=q_low, min_class_points=min_points, rule="per-class"
     )
     assert all(lo <= hi for lo, hi in zip(t.low, t.high))
     kept = t.keep(torch.tensor(scores, dtype=torch.float64), torch.tensor(labels))
@@ -77,13 +77,20 @@ def test_json_round_trip(tmp_path):
         counts=(40, 41),
         pooled=(False, True),
         metadata={"trials": [{"q_high": 0.3, "val_accuracy": 0.9}]},
+        rule="coverage",
     )
     path = tmp_path / "t.json"
     t.save(path)
     data = json.loads(path.read_text())
     assert data["format"] == "drip-thresholds" and data["version"] == 1
-    assert data["low"][0] is None and data["high"][1] is None
+    assert data["low"][0] is None and data["high"][1] is None and data["rule"] == "coverage"
     assert Thresholds.load(path) == t
+
+
+def test_a_file_written_before_rules_loads_as_per_class(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text('{"format": "drip-thresholds", "version": 1, "low": [null], "high": [1.0]}')
+    assert Thresholds.load(path).rule == "per-class"
 
 
 def test_wrong_model_is_refused_unless_overridden():
@@ -121,6 +128,17 @@ def test_fingerprint_tracks_weights():
         ),
         ('{"format": "drip-thresholds", "version": 1, "low": ["a"], "high": [1.0]}', "malformed"),
         ('{"format": "drip-thresholds", "version": 1, "high": [1.0]}', "malformed"),
+        # Settings no scorer knows are refused at load, not by the filter later.
+        (
+            '{"format": "drip-thresholds", "version": 1, "low": [null], "high": [1.0], "target": "x"}',
+            "target",
+        ),
+        ('{"format": "drip-thresholds", "version": 1, "low": [null], "high": [1.0], "cam": "gcam"}', "cam"),
+        (
+            '{"format": "drip-thresholds", "version": 1, "low": [null], "high": [1.0], "statistic": "m"}',
+            "statistic",
+        ),
+        ('{"format": "drip-thresholds", "version": 1, "low": [null], "high": [1.0], "rule": "any"}', "rule"),
         ("[1, 2]", "not a drip thresholds file"),
     ],
 )

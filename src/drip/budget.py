@@ -8,7 +8,10 @@ Phase put it and moves its upper cut, once per batch, from what the store holds 
 
 * **how much the class may still store**: the store's capacity is shared out between classes by
   water-filling over what each class can still get (what it holds plus its expected in-band
-  supply), so every class gets an equal share unless it cannot fill one; the class's keep rate is
+  supply), as the thresholds' selection rule shares the stream: under ``per-class`` every class
+  gets an equal share unless it cannot fill one (a class-balanced store); under ``pooled`` and
+  ``coverage`` each class's share follows its supply times its calibrated keep rate, so the hard
+  classes get the storage and coverage's floors hold under a budget too; the class's keep rate is
   its remaining share over its expected remaining supply (``expected_length`` samples in all, at
   the class's recent frequency, an exponential average over ``frequency_memory`` samples). A stream
   of unknown length is assumed to last as long again as it has so far.
@@ -57,16 +60,26 @@ FORMAT = "drip-budget"
 VERSION = 1
 
 
-def water_fill(capacity: float, supply: Sequence[float]) -> list[float]:
-    """Shares of ``capacity``: equal for all, except that no class gets more than its ``supply``.
+def water_fill(
+    capacity: float, supply: Sequence[float], weights: Sequence[float] | None = None
+) -> list[float]:
+    """Shares of ``capacity`` in proportion to ``weights`` (default: equal), except that no class
+    gets more than its ``supply``.
 
-    The shares sum to ``min(capacity, sum(supply))``; what a class cannot use goes to the others.
+    The shares sum to ``min(capacity, supply of the classes of positive weight)``; what a class
+    cannot use goes to the others, in proportion to their weights.
     """
-    order = sorted(range(len(supply)), key=lambda c: supply[c])
+    weights = [1.0] * len(supply) if weights is None else [float(w) for w in weights]
+    # A class is capped once its proportional share reaches its supply: fill those first.
+    order = sorted(range(len(supply)), key=lambda c: supply[c] / weights[c] if weights[c] > 0 else math.inf)
     shares = [0.0] * len(supply)
     left = float(capacity)
     for rank, c in enumerate(order):
-        shares[c] = min(float(supply[c]), left / (len(supply) - rank))
+        if weights[c] <= 0:
+            continue
+        # Summed afresh, not decremented: a running difference can round to 0 before the last class.
+        weight_left = sum(weights[d] for d in order[rank:])
+        shares[c] = min(float(supply[c]), max(left, 0.0) * weights[c] / weight_left)
         left -= shares[c]
     return shares
 
@@ -215,6 +228,15 @@ class BudgetedThresholds:
         """``state`` (default: the current one) as JSON, tagged with the thresholds' model."""
         return (state or self.state).to_json(self.thresholds.model_fingerprint)
 
+    def _weights(self, supply: Sequence[float]) -> list[float] | None:
+        """How the store is shared between classes: equally under the ``per-class`` rule (as a
+        class-balanced buffer), else as the rule shares the calibration stream, each class's
+        supply times its calibrated keep rate, so the hard classes get the storage there too."""
+        rates = self.thresholds.keep_rates()
+        if self.thresholds.rule == "per-class" or rates is None:
+            return None
+        return [s * r for s, r in zip(supply, rates)]
+
     def _remaining(self, state: BudgetState) -> int:
         """Samples still to come: past the expected end (or with none), as many again as seen."""
         if self.expected_length is None:
@@ -275,7 +297,8 @@ class BudgetedThresholds:
         below = [0.0 if r is None else float(np.mean(r < low[c])) for c, r in enumerate(recent)]
         future = [remaining * f * mean_bytes for f in state.frequency]
         held = [held_bytes.get(c, 0) for c in range(self.num_classes)]
-        shares = water_fill(self.capacity_bytes, [h + f * (1 - b) for h, f, b in zip(held, future, below)])
+        supply = [h + f * (1 - b) for h, f, b in zip(held, future, below)]
+        shares = water_fill(self.capacity_bytes, supply, self._weights(supply))
         rates, high = [], []
         for c in range(self.num_classes):
             room, keepable = shares[c] - held[c], 1 - below[c]

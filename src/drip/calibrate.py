@@ -4,15 +4,21 @@ Scores of samples a model trained on are biased (memorised points look easy), an
 magnitudes do not transfer between models, so the thresholds always come from the deployed
 model's scores on held-out samples of D0: per class, ``high_c`` is the (1 - q_high) quantile.
 
-**Search mode** picks q_high by evidence. D0 is split, stratified, into D0_train (60%), a proxy
-stream P (20%) and a validation set W (20%). A probe model trained on D0_train scores P. The
+**Search mode** picks q_high by evidence. D0 is split, stratified, into D0_train, a proxy stream P
+and a validation set W (20%). P takes ``proxy_fraction`` of D0 (default 64%: 80% of what W
+leaves), so that P is to D0_train what the stream is to D0 in deployment (the protocol's stream is
+4x D0): a candidate's training set is then selected in the same share as the retraining set it
+stands for (67% at q_high 0.5), not the 14% a 60/20/20 split gave, which hid losses that showed
+in deployment. A probe model trained on D0_train scores P. The
 reference is trained on D0_train + P: it plays FULL, and it is also the model deployed, so no
 training is spent on the search alone. Candidates, largest saving first, train on D0_train plus
 what the probe's band keeps of P, with the same optimiser-step budget and initialisation; the
 first candidate whose accuracy on W is not significantly below the reference's (a paired,
 one-sided test on the same W samples, ``confidence`` 95%: McNemar's normal approximation) is
-chosen, and the search stops there. No candidate passes: q_high = 0 (keep everything). When the
-largest candidate passes, the phase costs three trainings: probe, reference, one candidate.
+chosen, and the search stops there. Each trial reports the smallest shortfall the test could
+have detected (``detectable``): W's size sets what the search can guard against. No candidate
+passes: q_high = 0 (keep everything). When the largest candidate passes, the phase costs three
+trainings: probe, reference, one candidate.
 
 W, which the deployed model never trained on, is its calibration set. **Cheap mode** takes
 q_high as given: the model trains on 80% of D0 and is calibrated on the other 20%, the same
@@ -38,6 +44,7 @@ from tqdm.auto import tqdm
 from .cam import CamMethod
 from .data.base import LabelledData, stratified_split
 from .errors import DripInputError
+from .rules import DEFAULT_RULE
 from .score import DEFAULT_CAM, DEFAULT_STATISTIC, DEFAULT_TARGET, DripScorer, Target, score_in_batches
 from .thresholds import Thresholds, model_fingerprint
 from .train import TrainConfig, fit, predict_logits
@@ -45,6 +52,8 @@ from .validation import check_fraction
 
 DEFAULT_CANDIDATES = (0.5, 0.4, 0.3, 0.2)
 DEFAULT_CONFIDENCE = 0.95
+# P : D0_train as the stream : D0 of the protocol (80% : 20%), within the 80% that W leaves.
+DEFAULT_PROXY_FRACTION = 0.64
 
 
 def bands_for_scorer(
@@ -56,6 +65,7 @@ def bands_for_scorer(
     q_high: float,
     q_low: float = 0.0,
     min_class_points: int = 30,
+    rule: str = DEFAULT_RULE,
     metadata: dict | None = None,
 ) -> Thresholds:
     """Thresholds from held-out ``scores`` of ``scorer``, tagged with the scorer's model and setup."""
@@ -66,6 +76,7 @@ def bands_for_scorer(
         q_high=q_high,
         q_low=q_low,
         min_class_points=min_class_points,
+        rule=rule,
         statistic=scorer.statistic,
         layer=scorer.layer_name,
         model_fingerprint=model_fingerprint(scorer.model),
@@ -84,9 +95,11 @@ def calibrate(
     q_low: float = 0.0,
     num_classes: int | None = None,
     min_class_points: int = 30,
+    rule: str = DEFAULT_RULE,
     batch_size: int = 256,
 ) -> Thresholds:
-    """Thresholds from a trained scorer and held-out samples ``x``, ``y`` it was not trained on."""
+    """Thresholds from a trained scorer and held-out samples ``x``, ``y`` it was not trained on;
+    ``rule`` places the upper cuts (``drip.rules``)."""
     num_classes = num_classes or scorer.num_classes
     if num_classes is None:
         raise DripInputError("num_classes: the model does not declare it; pass num_classes=")
@@ -99,6 +112,7 @@ def calibrate(
         q_high=q_high,
         q_low=q_low,
         min_class_points=min_class_points,
+        rule=rule,
         metadata={"calibration_points": len(y)},
     )
 
@@ -130,10 +144,13 @@ class BandTrial:
         n, b, c = self.validation, self.only_reference, self.only_candidate
         return math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
 
+    def detectable(self, confidence: float = DEFAULT_CONFIDENCE) -> float:
+        """The smallest shortfall on W this trial would have called significant at ``confidence``."""
+        return statistics.NormalDist().inv_cdf(confidence) * self.standard_error
+
     def passes(self, confidence: float = DEFAULT_CONFIDENCE) -> bool:
         """Whether W gives no significant evidence, at ``confidence``, that the candidate is worse."""
-        z = statistics.NormalDist().inv_cdf(confidence)
-        return self.shortfall <= z * self.standard_error
+        return self.shortfall <= self.detectable(confidence)
 
 
 def choose_q_high(trials: Sequence[BandTrial], confidence: float = DEFAULT_CONFIDENCE) -> float:
@@ -216,6 +233,7 @@ def _summary(
                 **asdict(t),
                 "shortfall": t.shortfall,
                 "standard_error": t.standard_error,
+                "detectable": t.detectable(confidence),
                 "passed": t.passes(confidence),
             }
             for t in trials
@@ -237,15 +255,21 @@ def training_phase(
     candidates: Sequence[float] = DEFAULT_CANDIDATES,
     q_low: float = 0.0,
     confidence: float = DEFAULT_CONFIDENCE,
+    proxy_fraction: float = DEFAULT_PROXY_FRACTION,
     statistic: str = DEFAULT_STATISTIC,
     target: Target = DEFAULT_TARGET,
     cam: CamMethod = DEFAULT_CAM,
     layer: str | None = None,
     min_class_points: int = 30,
+    rule: str = DEFAULT_RULE,
     seed: int = 0,
     progress: bool = True,
 ) -> TrainingPhaseResult:
     """Run the Training Phase on ``d0``; ``q_high`` given means the cheap mode (no search).
+
+    ``rule`` places the upper cuts (``drip.rules``), of the candidates and of the thresholds.
+    ``proxy_fraction``: P's share of D0 in the search (W is 20%, D0_train the rest); set it so
+    that P : D0_train is the deployed stream : D0.
 
     ``model_factory()`` returns a fresh, untrained model; every training of the phase starts from
     the same initialisation (seeded) and the same budget, so the search compares data, not luck.
@@ -258,7 +282,9 @@ def training_phase(
         raise DripInputError("candidates: the search needs at least one candidate q_high")
     if not 0.5 <= confidence < 1:
         raise DripInputError(f"confidence: expected a number in [0.5, 1), got {confidence!r}")
-    fractions = (0.8, 0.2) if q_high is not None else (0.6, 0.2, 0.2)
+    if not 0 < proxy_fraction < 0.8:
+        raise DripInputError(f"proxy_fraction: expected a number in (0, 0.8), got {proxy_fraction!r}")
+    fractions = (0.8, 0.2) if q_high is not None else (0.8 - proxy_fraction, proxy_fraction, 0.2)
     parts = [d0.subset(index) for index in stratified_split(d0.y, fractions, seed)]
     if any(len(part) == 0 for part in parts):
         raise DripInputError(f"d0: {len(d0)} samples are too few to split for the Training Phase")
@@ -296,6 +322,7 @@ def training_phase(
                 q_high=q,
                 q_low=q_low,
                 min_class_points=min_class_points,
+                rule=rule,
             ).keep(probe_scores, proxy.y)
             candidate = train(
                 _join(train_part, proxy.subset(kept.nonzero().flatten())), f"training phase: q_high={q}"
@@ -335,6 +362,7 @@ def training_phase(
         q_high=q_high,
         q_low=q_low,
         min_class_points=min_class_points,
+        rule=rule,
         metadata={"training_phase": summary},
     )
     return TrainingPhaseResult(

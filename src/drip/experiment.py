@@ -3,7 +3,8 @@
 Per seed: split off a test set (where the data set has none), split the rest, stratified, into the
 initial set D0 and the stream S; optionally corrupt a fraction of S (D0 and the test set stay
 clean); run the Training Phase on D0; stream S through ``DripFilter`` into a ``SampleStore`` file;
-then train a fresh model on D0 plus each arm's share of S (``drip.arms``), every arm from the same
+then train a fresh model on D0 plus each arm's share of S (``drip.arms``; every random choice from
+its own generator), every arm from the same
 initialisation and with the same optimiser-step budget (``budget="epochs"`` instead gives every
 arm the same epochs, so smaller sets get fewer steps). ``full`` stores all of S (``full-clean``:
 S before corruption, with noise only); ``drip`` retrains from the store itself.
@@ -11,6 +12,7 @@ S before corruption, with noise only); ``drip`` retrains from the store itself.
 The sweep repeats every arm but FULL at each band of ``sweep``: the bands at that q_high, the
 equal-count controls at DRIP's count there. Storage saving is 1 - kept / seen over S. With noise,
 every arm also reports the precision and recall with which it dropped the corrupted samples.
+``difficulty="graded"`` and ``imbalance`` run the harder regimes of ``drip.data.regimes``.
 With ``budget_bytes``, ``drip-budget`` streams S once more through bands that move online to end
 at that many tensor bytes (``drip.budget``), against the class-balanced reservoir holding as many.
 
@@ -33,7 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import selectors
-from .arms import ARMS, BANDS, Evidence, StreamSignals
+from .arms import ARMS, BANDS, Evidence, StreamSignals, generator_for
 from .atomic import write_atomically
 from .budget import stream_with_budget
 from .calibrate import (
@@ -45,10 +47,12 @@ from .calibrate import (
 )
 from .cam import CAM_METHODS
 from .data.base import LabelledData, stratified_split
+from .data.regimes import graded_difficulty, long_tailed
 from .errors import DripInputError
 from .filter import DripFilter
 from .models import build_model
 from .parallel import CPU
+from .rules import DEFAULT_RULE, RULES
 from .score import (
     DEFAULT_CAM,
     DEFAULT_STATISTIC,
@@ -69,6 +73,7 @@ DEFAULT_SWEEP = (0.2, 0.3, 0.4, 0.5, 0.6)
 PAPER_STATISTIC, PAPER_TARGET, PAPER_CAM = "mean", "label", "gradcam"
 GALLERY_SIZE = 8
 Noise = Literal["none", "label", "gaussian"]
+Difficulty = Literal["none", "graded"]
 
 # Per data set: the reference model and a step budget that trains it well on 2 CPU cores
 # (MNIST: 2000 steps of 64, about 2 epochs of the 60k pool; 3 seeds of every arm and the sweep in
@@ -99,6 +104,7 @@ class ExperimentConfig:
     q_high: float | None = None
     candidates: tuple[float, ...] = DEFAULT_CANDIDATES
     q_low: float = 0.0
+    rule: str = DEFAULT_RULE
     confidence: float = DEFAULT_CONFIDENCE
     statistic: str = DEFAULT_STATISTIC
     target: str = DEFAULT_TARGET
@@ -110,6 +116,8 @@ class ExperimentConfig:
     noise_std: float = 1.0
     stream_batch: int = 64
     budget_bytes: int | None = None
+    difficulty: Difficulty = "none"
+    imbalance: float = 1.0
 
     def __post_init__(self) -> None:
         unknown = set(self.arms) - set(ARMS)
@@ -119,6 +127,12 @@ class ExperimentConfig:
             raise DripInputError(f"target: expected one of {TARGETS}, got {self.target!r}")
         if self.statistic not in STATISTICS:
             raise DripInputError(f"statistic: expected one of {sorted(STATISTICS)}, got {self.statistic!r}")
+        if self.rule not in RULES:
+            raise DripInputError(f"rule: expected one of {RULES}, got {self.rule!r}")
+        if self.difficulty not in ("none", "graded"):
+            raise DripInputError(f"difficulty: expected 'none' or 'graded', got {self.difficulty!r}")
+        if not self.imbalance >= 1:
+            raise DripInputError(f"imbalance: expected a ratio >= 1, got {self.imbalance!r}")
         if self.cam not in CAM_METHODS:
             raise DripInputError(f"cam: expected one of {CAM_METHODS}, got {self.cam!r}")
         if self.seeds < 1:
@@ -238,7 +252,8 @@ def seed_splits(
     """The initial set D0, the (clean) stream S and the test set of one seed, all stratified.
 
     The pool is first cut to ``config.pool_limit``; without an official test set, ``test_fraction``
-    of the pool becomes the test set.
+    of the pool becomes the test set. ``config.imbalance`` then makes the rest long-tailed (the
+    test set stays as it was).
     """
     if config.pool_limit is not None and config.pool_limit < len(pool):
         fraction = config.pool_limit / len(pool)
@@ -248,6 +263,8 @@ def seed_splits(
             pool.y, (1 - config.test_fraction, config.test_fraction), seed
         )
         pool, test = pool.subset(pool_index), pool.subset(test_index)
+    if config.imbalance > 1:
+        pool = long_tailed(pool, config.imbalance, generator_for(seed, "imbalance"))
     d0_index, stream_index = stratified_split(
         pool.y, (config.initial_fraction, 1 - config.initial_fraction), seed + 1000
     )
@@ -299,6 +316,7 @@ class _ArmTrainer:
             "accuracy": evaluate(model, self.test.x, self.test.y),
             "train_size": len(train_x),
             "kept": len(extra_x),
+            "kept_per_class": torch.bincount(extra_y, minlength=stream.num_classes).tolist(),
             "saving": 1 - len(extra_x) / len(stream),
             "steps": steps,
         }
@@ -315,6 +333,13 @@ class _ArmTrainer:
 
 def _is_paper_score(config: ExperimentConfig) -> bool:
     return (config.statistic, config.target, config.cam) == (PAPER_STATISTIC, PAPER_TARGET, PAPER_CAM)
+
+
+def _same_as_drip(config: ExperimentConfig, arm: str) -> bool:
+    """Whether band arm ``arm`` keeps exactly DRIP's samples: the same score and rule."""
+    if arm == "drip-paper":
+        return _is_paper_score(config) and config.rule == "per-class"
+    return arm == f"drip-{config.rule}"
 
 
 def _signals(
@@ -346,8 +371,7 @@ def _signals(
                 score_in_batches(paper, stream.x, stream.y)[0].double(),
                 score_in_batches(paper, proxy.x, proxy.y)[0],
             )
-    generator = torch.Generator().manual_seed(seed)
-    return StreamSignals(stream, proxy.y, evidence, logits, config.q_low, generator)
+    return StreamSignals(stream, proxy.y, evidence, logits, config.q_low, config.rule, seed)
 
 
 def _arms_at(
@@ -372,8 +396,8 @@ def _arms_at(
             records[arm] = done[arm]
         elif arm == "drip":
             records[arm] = trainer.train(f"drip q={q_high:g}", drip_keep, stored)
-        elif arm == "drip-paper" and _is_paper_score(config):
-            records[arm] = records["drip"]  # the same score and band: the same samples
+        elif arm in BANDS and _same_as_drip(config, arm):
+            records[arm] = records["drip"]  # the same score, rule and band: the same samples
         elif arm in BANDS:
             records[arm] = trainer.train(f"{arm} q={q_high:g}", signals.band(arm, q_high))
         else:
@@ -428,8 +452,8 @@ def run_seed(
     start = time.perf_counter()
     bar = bar if bar is not None else tqdm(disable=True)
     d0, clean_stream, test = seed_splits(config, pool, test, seed)
-    generator = torch.Generator().manual_seed(seed)
-    stream, corrupted = corrupt(clean_stream, config.noise, config.noise_rate, config.noise_std, generator)
+    corruption = generator_for(seed, "corruption")
+    stream, corrupted = corrupt(clean_stream, config.noise, config.noise_rate, config.noise_std, corruption)
     phase = training_phase(
         d0,
         lambda: build_model(config.model, pool.num_classes).to(device),
@@ -437,7 +461,10 @@ def run_seed(
         q_high=config.q_high,
         candidates=config.candidates,
         q_low=config.q_low,
+        rule=config.rule,
         confidence=config.confidence,
+        # P : D0_train as S : D0, within the 80% of D0 that W leaves.
+        proxy_fraction=0.8 * (1 - config.initial_fraction),
         statistic=config.statistic,
         target=config.target,
         cam=config.cam,
@@ -494,7 +521,7 @@ def run_seed(
 
 def planned_trainings(config: ExperimentConfig) -> int:
     """How many trainings one seed runs (at most: the sweep may reuse DRIP's own band)."""
-    arms = len(set(config.arms) - ({"drip-paper"} if _is_paper_score(config) else set()))
+    arms = len({arm for arm in config.arms if arm == "drip" or not _same_as_drip(config, arm)})
     noise = 1 if config.noise != "none" and config.noise_rate > 0 else 0
     sweep = len(config.sweep) * (arms - ("full" in config.arms))
     budget = 2 if config.budget_bytes is not None else 0
@@ -502,7 +529,8 @@ def planned_trainings(config: ExperimentConfig) -> int:
 
 
 # 3: the sweep holds every arm at every band; the Training Phase's own summary.
-RESULTS_VERSION = 3
+# 4: selection rules (DRIP's rule, one arm per rule), each arm's kept samples per class.
+RESULTS_VERSION = 4
 
 
 def _finished_seed(path: Path, config: ExperimentConfig) -> dict[str, Any] | None:
@@ -540,6 +568,9 @@ def run_experiment(
     """
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    if config.difficulty == "graded":
+        pool = graded_difficulty(pool, seed=0)
+        test = None if test is None else graded_difficulty(test, seed=1)
     seeds = []
     with tqdm(
         total=config.seeds * planned_trainings(config), desc="trainings", unit="model", disable=not progress

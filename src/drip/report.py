@@ -20,6 +20,10 @@ import torch
 from .errors import DripInputError
 from .experiment import RESULTS_VERSION
 
+# Results this report still reads: version 3 runs hold no selection rule (per-class) and no
+# per-class kept counts.
+READABLE_VERSIONS = (3, RESULTS_VERSION)
+
 ARM_TITLES = {
     "full": "FULL",
     "full-clean": "FULL (clean stream)",
@@ -31,7 +35,10 @@ ARM_TITLES = {
     "margin": "margin",
     "entropy": "entropy",
     "el2n": "EL2N",
-    "loss-band": "loss band (DRIP's quantiles)",
+    "loss-band": "loss band (DRIP's quantiles and rule)",
+    "drip-per-class": "DRIP score, per-class rule",
+    "drip-pooled": "DRIP score, pooled rule",
+    "drip-coverage": "DRIP score, coverage rule",
     "drip-budget": "DRIP, adaptive to --budget-bytes",
     "reservoir-budget": "class-balanced reservoir, same bytes",
 }
@@ -61,6 +68,11 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             "saving": _stats([r["saving"] for r in records]),
             "kept": _stats([float(r["kept"]) for r in records]),
             "steps": _stats([float(r["steps"]) for r in records]),
+            "kept_per_class": (
+                np.mean([r["kept_per_class"] for r in records], axis=0).tolist()
+                if all("kept_per_class" in r for r in records)
+                else None
+            ),
             **{
                 key: _optional_stats([r.get(key) for r in records])
                 for key in ("noise_precision", "noise_recall", "noise_fit")
@@ -94,6 +106,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "cam": config["cam"],
         "noise": {"kind": config["noise"], "rate": config["noise_rate"]},
         "q_low": config["q_low"],
+        "rule": config.get("rule", "per-class"),
+        "class_names": results["class_names"],
         "storage_saving": _stats([1 - s["stream"]["kept"] / s["stream"]["seen"] for s in seeds]),
         "kept": _stats([float(s["stream"]["kept"]) for s in seeds]),
         "seen": _stats([float(s["stream"]["seen"]) for s in seeds]),
@@ -216,6 +230,57 @@ def _sweep_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _kept_per_class_table(summary: dict[str, Any]) -> list[str]:
+    """Stream samples each arm stored, per class (mean over seeds): where each rule spent storage."""
+    arms = {arm: v["kept_per_class"] for arm, v in summary["arms"].items() if v.get("kept_per_class")}
+    if not arms:
+        return []
+    names = summary["class_names"]
+    lines = [
+        "",
+        "Stream samples stored per class (mean over seeds): where each arm spends its storage.",
+        "",
+        "| arm | " + " | ".join(map(str, names)) + " |",
+        "|---|" + "--:|" * len(names),
+    ]
+    for arm, counts in arms.items():
+        lines.append(f"| {ARM_TITLES.get(arm, arm)} | " + " | ".join(f"{c:.0f}" for c in counts) + " |")
+    return lines
+
+
+def plot_kept_per_class(summary: dict[str, Any], path: Path) -> None:
+    """Stream samples stored per class, the arms side by side (mean over seeds)."""
+    arms = {
+        arm: v["kept_per_class"]
+        for arm, v in summary["arms"].items()
+        if v.get("kept_per_class") and arm not in ("full-clean",)
+    }
+    names = summary["class_names"]
+    fig, ax = plt.subplots(figsize=(max(7.5, 0.9 * len(names)), 4.2))
+    width = 0.8 / len(arms)
+    for i, (arm, counts) in enumerate(arms.items()):
+        colour = "black" if arm == "full" else _STYLES.get(arm, (None, None))[1]
+        ax.bar(
+            np.arange(len(names)) + (i - (len(arms) - 1) / 2) * width,
+            counts,
+            width,
+            label=ARM_TITLES.get(arm, arm),
+            color=colour,
+            alpha=0.35 if arm == "full" else 0.9,
+        )
+    ax.set_xticks(np.arange(len(names)), [str(n) for n in names])
+    ax.set_xlabel("class")
+    ax.set_ylabel("stream samples stored (mean over seeds)")
+    ax.set_title(
+        f"{summary['dataset']}: what each arm stores, per class (DRIP's rule: {summary['rule']})", fontsize=9
+    )
+    ax.legend(fontsize=6, ncol=3, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def markdown(summary: dict[str, Any]) -> str:
     """The summary as markdown: the one-line verdict, the arms, the sweep, then the details."""
     seen = summary["seen"]["mean"]
@@ -228,7 +293,7 @@ def markdown(summary: dict[str, Any]) -> str:
         budget = f"every arm trained for {summary['steps']} optimiser steps"
     setup = (
         f"{len(summary['seeds'])} seed(s); {budget}; DRIP's score: the `{summary['statistic']}` of the "
-        f"`{summary['cam']}` map of the `{summary['target']}` target; "
+        f"`{summary['cam']}` map of the `{summary['target']}` target, `{summary['rule']}` rule; "
         f"Training Phase cost {summary['training_phase_cost_ratio']['mean']:.1f}x one training; "
         f"chosen q_high {chosen}"
     )
@@ -273,6 +338,7 @@ def markdown(summary: dict[str, Any]) -> str:
         ]
     if summary.get("sweep"):
         lines += _sweep_table(summary)
+    lines += _kept_per_class_table(summary)
     lines += ["", *(f"- {line}" for line in summary["verdict"]), ""]
     return "\n".join(lines)
 
@@ -417,6 +483,9 @@ _STYLES = {
     "entropy": ("P", "tab:purple"),
     "el2n": ("<", "tab:brown"),
     "loss-band": (">", "tab:pink"),
+    "drip-per-class": ("X", "navy"),
+    "drip-pooled": ("h", "darkorange"),
+    "drip-coverage": ("d", "teal"),
 }
 
 
@@ -526,6 +595,8 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Any]:
         plot_accuracy_vs_saving(summary, out / "accuracy_vs_saving.png")
     if summary["noise"]["kind"] != "none":
         plot_noise_scores(results, out / "noise_scores.png")
+    if any(v.get("kept_per_class") for v in summary["arms"].values()):
+        plot_kept_per_class(summary, out / "kept_per_class.png")
     return summary
 
 
@@ -536,7 +607,7 @@ def load_results(path: Path) -> dict[str, Any]:
     except (OSError, ValueError, RecursionError) as err:
         raise DripInputError(f"{path}: cannot read results: {err}") from None
     found = (results.get("format"), results.get("version")) if isinstance(results, dict) else None
-    if found != ("drip-results", RESULTS_VERSION):
+    if found is None or found[0] != "drip-results" or found[1] not in READABLE_VERSIONS:
         raise DripInputError(
             f"{path}: expected drip results version {RESULTS_VERSION}, got {found!r}; rerun the experiment"
         )

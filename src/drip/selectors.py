@@ -120,11 +120,13 @@ def band_keep(
     q_high: float,
     q_low: float = 0.0,
     min_class_points: int = 30,
+    rule: str = "per-class",
 ) -> torch.Tensor:
-    """DRIP's band rule on any evidence signal (higher = more evidence), calibrated on clean data.
+    """DRIP's bands on any evidence signal (higher = more evidence), calibrated on clean data.
 
-    Per class, drop what lies above the (1 - q_high) quantile or below the q_low quantile of the
-    calibration values. With ``values = -loss`` this is the loss filter at DRIP's quantiles.
+    Drop the top ``q_high`` of the calibration values by ``rule`` (``drip.rules``) and, per class,
+    what lies below their q_low quantile. With ``values = -loss`` this is the loss filter at
+    DRIP's quantiles and rule.
     """
     thresholds = Thresholds.from_scores(
         calibration_values,
@@ -133,5 +135,6 @@ def band_keep(
         q_high=q_high,
         q_low=q_low,
         min_class_points=min_class_points,
+        rule=rule,
     )
     return thresholds.keep(values, labels)

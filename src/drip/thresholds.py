@@ -3,6 +3,8 @@
 A sample of class c is kept when ``low_c <= score <= high_c``. ``low_c = -inf`` (JSON ``null``)
 means no lower cut, ``high_c = +inf`` no upper cut. Scores above ``high_c`` are redundant (the model
 already sees strong evidence), scores below ``low_c`` are suspect (weak or contrary evidence).
+The selection rule (``drip.rules``) that placed the upper cuts is recorded with them; files
+written before rules existed load as ``per-class``, the only rule they could hold.
 Thresholds remember the model they were calibrated on (a fingerprint of its weights): raw Grad-CAM
 magnitudes do not transfer between models, so applying them elsewhere is refused unless overridden.
 """
@@ -24,8 +26,10 @@ import torch
 from torch import nn
 
 from .atomic import write_atomically
+from .cam import CAM_METHODS
 from .errors import DripInputError, DripModelMismatchError, DripThresholdsError
-from .score import DEFAULT_CAM, DEFAULT_STATISTIC, DEFAULT_TARGET
+from .rules import DEFAULT_RULE, RULES, quantile, upper_cuts
+from .score import DEFAULT_CAM, DEFAULT_STATISTIC, DEFAULT_TARGET, STATISTICS, TARGETS
 from .validation import as_tensor, check_fraction, check_labels
 
 FORMAT = "drip-thresholds"
@@ -44,10 +48,6 @@ def model_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _quantile(values: np.ndarray, q: float) -> float:
-    return float(np.quantile(values.astype(np.float64), q))
-
-
 @dataclass(frozen=True)
 class Thresholds:
     """Per-class bands on the DRIP score and where they came from."""
@@ -64,13 +64,19 @@ class Thresholds:
     target: str = DEFAULT_TARGET
     cam: str = DEFAULT_CAM
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    rule: str = "per-class"
+    kept: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         low = _floats(self.low, "low")
         high = _floats(self.high, "high")
         counts = _sequence(self.counts, "counts")
-        if not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 0 for c in counts):
-            raise DripThresholdsError(f"counts: expected non-negative integers, got {self.counts!r}")
+        kept = _sequence(self.kept, "kept")
+        for name, values in (("counts", counts), ("kept", kept)):
+            if not all(
+                isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 0 for c in values
+            ):
+                raise DripThresholdsError(f"{name}: expected non-negative integers, got {values!r}")
         pooled = _sequence(self.pooled, "pooled")
         if not all(isinstance(p, (bool, np.bool_)) for p in pooled):
             raise DripThresholdsError(f"pooled: expected true/false values, got {self.pooled!r}")
@@ -78,9 +84,18 @@ class Thresholds:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
                 raise DripThresholdsError(f"{name}: expected a number in [0, 1), got {value!r}")
-        for name in ("statistic", "layer", "target", "cam"):
+        for name in ("statistic", "layer", "target", "cam", "rule"):
             if not isinstance(getattr(self, name), str):
                 raise DripThresholdsError(f"{name}: expected a string, got {getattr(self, name)!r}")
+        # Unknown settings are refused here, not by the filter or the export much later.
+        for name, known in (
+            ("statistic", tuple(STATISTICS)),
+            ("target", TARGETS),
+            ("cam", CAM_METHODS),
+            ("rule", RULES),
+        ):
+            if getattr(self, name) not in known:
+                raise DripThresholdsError(f"{name}: expected one of {known}, got {getattr(self, name)!r}")
         if self.model_fingerprint is not None and not isinstance(self.model_fingerprint, str):
             raise DripThresholdsError(
                 f"model_fingerprint: expected a string or None, got {self.model_fingerprint!r}"
@@ -90,12 +105,13 @@ class Thresholds:
         object.__setattr__(self, "low", low)
         object.__setattr__(self, "high", high)
         object.__setattr__(self, "counts", tuple(int(c) for c in counts))
+        object.__setattr__(self, "kept", tuple(int(c) for c in kept))
         object.__setattr__(self, "pooled", tuple(bool(p) for p in pooled))
         if not low or len(low) != len(high):
             raise DripThresholdsError(
                 f"low/high: expected one value per class, got {len(low)} and {len(high)}"
             )
-        for name, values in (("counts", self.counts), ("pooled", self.pooled)):
+        for name, values in (("counts", self.counts), ("pooled", self.pooled), ("kept", self.kept)):
             if values and len(values) != len(low):
                 raise DripThresholdsError(f"{name}: expected {len(low)} values, got {len(values)}")
         for c, (lo, hi) in enumerate(zip(low, high)):
@@ -105,6 +121,14 @@ class Thresholds:
     @property
     def num_classes(self) -> int:
         return len(self.low)
+
+    def keep_rates(self) -> tuple[float, ...] | None:
+        """Per class, the share of its calibration samples inside its band: how the rule shares
+        the storage between classes (1 for a class with no calibration sample: it keeps all).
+        None when the file records no kept counts (written by hand or before they were)."""
+        if not self.kept:
+            return None
+        return tuple(k / n if n else 1.0 for k, n in zip(self.kept, self.counts))
 
     @classmethod
     def from_scores(
@@ -116,19 +140,26 @@ class Thresholds:
         q_high: float,
         q_low: float = 0.0,
         min_class_points: int = 30,
+        rule: str = DEFAULT_RULE,
         **provenance: Any,
     ) -> Thresholds:
-        """Bands from held-out scores: per class, drop the top ``q_high`` and bottom ``q_low``.
+        """Bands from held-out scores: drop the top ``q_high`` by ``rule`` and, per class, the
+        bottom ``q_low``.
 
-        ``high_c`` is the (1 - q_high) quantile of class c's scores and ``low_c`` the q_low
-        quantile; 0 means no cut on that side. A class with fewer than ``min_class_points``
-        scores takes the quantile of all scores pooled, as per-class quantiles of a handful of
-        points miss the intended saving badly. ``provenance`` fills the other fields.
+        ``rule`` places the upper cuts (``drip.rules``: ``per-class`` drops the top ``q_high`` of
+        each class, ``pooled`` of all scores, ``coverage`` of all scores with a floor per class).
+        ``low_c`` is the q_low quantile of class c's scores, for every rule: a suspect sample is
+        one unusual for its own class. 0 means no cut on that side. A class with fewer than
+        ``min_class_points`` scores takes its quantiles from all scores pooled, as per-class
+        quantiles of a handful of points miss the intended saving badly. ``provenance`` fills
+        the other fields.
         """
         q_high = check_fraction(q_high, "q_high")
         q_low = check_fraction(q_low, "q_low")
         if q_low + q_high >= 1:
             raise DripInputError(f"q_low + q_high: expected a sum below 1, got {q_low} + {q_high}")
+        if rule not in RULES:
+            raise DripInputError(f"rule: expected one of {RULES}, got {rule!r}")
         for name, value in (("num_classes", num_classes), ("min_class_points", min_class_points)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise DripInputError(f"{name}: expected a positive integer, got {value!r}")
@@ -140,15 +171,19 @@ class Thresholds:
         labels_1d = check_labels(labels, count=scores_1d.numel(), num_classes=int(num_classes), name="labels")
         values = scores_1d.numpy()
         classes = labels_1d.cpu().numpy()
-        low, high, counts, pooled = [], [], [], []
-        for c in range(num_classes):
-            own = values[classes == c]
-            use_pool = own.size < min_class_points
-            basis = values if use_pool else own
-            low.append(_quantile(basis, q_low) if q_low > 0 else -math.inf)
-            high.append(_quantile(basis, 1 - q_high) if q_high > 0 else math.inf)
-            counts.append(int(own.size))
-            pooled.append(use_pool)
+        counts = [int((classes == c).sum()) for c in range(num_classes)]
+        pooled = [count < min_class_points for count in counts]
+        low = [
+            -math.inf if q_low == 0 else quantile(values if use_pool else values[classes == c], q_low)
+            for c, use_pool in enumerate(pooled)
+        ]
+        high = upper_cuts(
+            values, classes, num_classes, q_high=q_high, rule=rule, min_class_points=min_class_points
+        )
+        # Under a pooled rule an easy class's upper cut can lie below its own lower quantile:
+        # the band then closes at the upper cut (it keeps next to nothing of the class).
+        low = [min(lo, hi) for lo, hi in zip(low, high)]
+        inside = (values >= np.array(low)[classes]) & (values <= np.array(high)[classes])
         return cls(
             low=tuple(low),
             high=tuple(high),
@@ -156,6 +191,8 @@ class Thresholds:
             q_high=q_high,
             counts=tuple(counts),
             pooled=tuple(pooled),
+            rule=rule,
+            kept=tuple(int(inside[classes == c].sum()) for c in range(num_classes)),
             **provenance,
         )
 
@@ -221,7 +258,7 @@ class Thresholds:
             high = [math.inf if v is None else _number(v, "high") for v in data["high"]]
             fields = {
                 key: data[key]
-                for key in ("statistic", "layer", "model_fingerprint", "target", "cam")
+                for key in ("statistic", "layer", "model_fingerprint", "target", "cam", "rule")
                 if key in data
             }
             for key, value in fields.items():
@@ -237,6 +274,7 @@ class Thresholds:
                 q_high=_number(data.get("q_high", 0.0), "q_high"),
                 counts=tuple(data.get("counts", [])),
                 pooled=tuple(data.get("pooled", [])),
+                kept=tuple(data.get("kept", [])),
                 metadata=dict(metadata),
                 **fields,
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_common, add_target, fresh_copy_factory, load_model, load_tensors
+from .common import add_common, add_rule, add_target, fresh_copy_factory, load_model, load_tensors
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -14,10 +14,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "calibrate",
         help="calibrate thresholds for your own model",
         description="Cheap mode (--q-high): MODEL is trained, DATA is held-out data it never saw; "
-        "per-class bands drop the top q_high of DATA's scores. Search mode (--search): MODEL gives "
-        "the architecture only; the Training Phase splits DATA (your D0) 60/20/20, searches the "
-        "band (largest saving first, stopping at the first that is not significantly worse than "
-        "keeping everything) and saves the deployed scorer with --save-model.",
+        "the bands drop the top q_high of DATA's scores by --rule. Search mode (--search): MODEL "
+        "gives the architecture only; the Training Phase splits DATA (your D0) into D0_train, a "
+        "proxy stream (--proxy-fraction) and validation (20%), searches the band (largest saving "
+        "first, stopping at the first that is not significantly worse than keeping everything) and "
+        "saves the deployed scorer with --save-model.",
     )
     calibrate.add_argument(
         "--model",
@@ -37,7 +38,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--layer", default=None, help="target layer's dotted name (default: model.drip_layer)"
     )
     add_target(calibrate)
+    add_rule(calibrate)
     calibrate.add_argument("--steps", type=int, default=500, help="optimiser steps per training (--search)")
+    calibrate.add_argument(
+        "--proxy-fraction",
+        type=float,
+        default=0.64,
+        help="--search: the proxy stream's share of DATA; set P : D0_train as your stream : D0 "
+        "within the 80%% that validation leaves (default: 0.64, a stream 4x D0)",
+    )
     calibrate.add_argument(
         "--save-model",
         type=Path,
@@ -70,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
             fresh_copy_factory(model),
             TrainConfig(steps=args.steps),
             q_low=args.q_low,
+            rule=args.rule,
+            proxy_fraction=args.proxy_fraction,
             statistic=args.statistic,
             target=args.target,
             cam=args.cam,
@@ -97,11 +108,12 @@ def run(args: argparse.Namespace) -> int:
             y,
             q_high=args.q_high,
             q_low=args.q_low,
+            rule=args.rule,
             num_classes=getattr(model, "num_classes", None) or int(y.max()) + 1,
         )
     thresholds.save(args.out)
     print(
         f"wrote {args.out}: {thresholds.num_classes} classes, q_high {thresholds.q_high:g}, "
-        f"q_low {thresholds.q_low:g}"
+        f"q_low {thresholds.q_low:g}, rule {thresholds.rule}"
     )
     return 0

@@ -42,6 +42,20 @@ def print_counters(counters, num_classes: int) -> None:
         print("| " + " | ".join(map(str, row)) + " |")
 
 
+def add_rule(parser: argparse.ArgumentParser) -> None:
+    """``--rule``: how the upper cuts are placed across classes (see ``drip.rules``)."""
+    from ..rules import DEFAULT_RULE, RULES
+
+    parser.add_argument(
+        "--rule",
+        choices=RULES,
+        default=DEFAULT_RULE,
+        help="which samples the band drops: per-class (the paper's: the top q_high of every class), "
+        "pooled (the top q_high of all scores: storage goes to the hard classes), coverage (pooled, "
+        f"with a floor per class so no class is starved and rare ones are kept) (default: {DEFAULT_RULE})",
+    )
+
+
 def add_target(parser: argparse.ArgumentParser) -> None:
     """``--statistic``, ``--target`` and ``--cam``: the score's reduction, what the map
     differentiates and how (see ``drip.score``)."""

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..arms import ARMS
-from .common import add_common, add_device, add_target
+from .common import add_common, add_device, add_rule, add_target
 
 DATASETS = ("digits", "mnist", "cifar10", "speech-commands", "plant-village")
 
@@ -78,6 +78,21 @@ def register(commands: argparse._SubParsersAction) -> None:
         help=f"arms to run (default: all of {', '.join(ARMS)})",
     )
     add_target(experiment)
+    add_rule(experiment)
+    experiment.add_argument(
+        "--difficulty",
+        choices=("none", "graded"),
+        default="none",
+        help="graded: class c of C gets noise and an occluding patch of strength c/(C-1), so the "
+        "classes differ in difficulty (drip.data.regimes) (default: none)",
+    )
+    experiment.add_argument(
+        "--imbalance",
+        type=float,
+        default=1.0,
+        help="long-tailed training data: class c keeps ratio^(-c/(C-1)) of its samples, the test "
+        "set stays as it is (default: 1, as the data set comes)",
+    )
     experiment.add_argument(
         "--budget-bytes",
         type=int,
@@ -118,8 +133,15 @@ def run(args: argparse.Namespace) -> int:
         target=args.target,
         cam=args.cam,
         budget_bytes=args.budget_bytes,
+        rule=args.rule,
+        difficulty=args.difficulty,
+        imbalance=args.imbalance,
     )
     name = args.dataset
+    if config.difficulty != "none":
+        name += f"-{config.difficulty}"
+    if config.imbalance > 1:
+        name += f"-lt{config.imbalance:g}"
     if config.noise != "none":
         name += f"-{config.noise}{round(100 * config.noise_rate)}"
     if config.budget != "steps":

@@ -181,7 +181,10 @@ def test_drip_experiment_runs_on_each_data_set_fixture(tmp_path, dataset):
         assert (out / name).is_file(), name
     (out / "summary.md").unlink()
     assert main(["report", str(out), "--quiet"]) == 0
-    assert (out / "summary.md").read_text().startswith(f"# drip: {dataset}")
+    # Any IDX folder loads as mnist: the report names the folder's data set, not "mnist".
+    name = "data (IDX)" if dataset == "mnist" else dataset
+    assert (out / "summary.md").read_text().startswith(f"# drip: {name}-gaussian20")
+    assert "kept_per_class.png" in {p.name for p in out.iterdir()}
 
 
 def test_results_of_another_version_are_refused(tmp_path, capsys):

@@ -158,6 +158,20 @@ class ExperimentConfig:
         chosen = {key: value for key, value in overrides.items() if value is not None}
         return cls(dataset=dataset, **{**DATASET_DEFAULTS[dataset], **chosen})
 
+    def run_name(self, data_name: str | None = None) -> str:
+        """The data set's name (default: ``dataset``) with this run's regimes, e.g.
+        ``mnist-graded-label20``: a folder name, and what the report's titles call the data."""
+        name = data_name or self.dataset
+        if self.difficulty != "none":
+            name += f"-{self.difficulty}"
+        if self.imbalance > 1:
+            name += f"-lt{self.imbalance:g}"
+        if self.noise != "none":
+            name += f"-{self.noise}{round(100 * self.noise_rate)}"
+        if self.budget != "steps":
+            name += f"-{self.budget}"
+        return name
+
     def train_config(self, steps: int | None = None) -> TrainConfig:
         return TrainConfig(steps=steps or self.steps, batch_size=self.batch_size, lr=self.lr)
 
@@ -559,8 +573,12 @@ def run_experiment(
     progress: bool = True,
     source: str | None = None,
     device: torch.device = CPU,
+    data_name: str | None = None,
 ) -> dict[str, Any]:
     """All seeds of the protocol; writes and returns ``results.json``'s content.
+
+    ``data_name`` names the data for the report (e.g. the folder of an IDX set that is not MNIST;
+    default: the data set's name), with the run's regimes appended.
 
     Seeds an earlier run in ``out`` finished with the same config are read back, not redone.
     ``source`` says where the data came from (e.g. the folder), for the reader of the report.
@@ -593,6 +611,7 @@ def run_experiment(
         "version": RESULTS_VERSION,
         "config": asdict(config),
         "dataset": config.dataset,
+        "data_name": config.run_name(data_name),
         "data_source": source,
         "num_classes": pool.num_classes,
         "class_names": list(pool.class_names),

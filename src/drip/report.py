@@ -96,7 +96,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         )
     config = results["config"]
     summary = {
-        "dataset": results["dataset"],
+        "dataset": results.get("data_name", results["dataset"]),
         "data_source": results["data_source"],
         "seeds": [s["seed"] for s in seeds],
         "budget": results["budget"],
@@ -387,7 +387,7 @@ def plot_scores(results: dict[str, Any], path: Path, seed_index: int = 0) -> Non
         ax.tick_params(labelsize=7)
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(
-        f"{results['dataset']}, seed {seed['seed']}: DRIP scores of the stream "
+        f"{results.get('data_name', results['dataset'])}, seed {seed['seed']}: DRIP scores of the stream "
         f"(dashed: high threshold, dotted: low); q_high = {seed['q_high']:g}",
         fontsize=10,
     )
@@ -458,8 +458,8 @@ def plot_gallery(results: dict[str, Any], path: Path, seed_index: int = 0) -> No
         )
     cam = CAM_NAMES[results["config"].get("cam", "gradcam")]
     fig.suptitle(
-        f"{results['dataset']}, seed {seed['seed']}: kept (top) and dropped (bottom), "
-        f"ordered by DRIP score, with {cam} of the {results['config']['target']} target"
+        f"{results.get('data_name', results['dataset'])}, seed {seed['seed']}: kept (top) and dropped "
+        f"(bottom), ordered by DRIP score, with {cam} of the {results['config']['target']} target"
         + (
             " (MFCC: time left to right, coefficients top to bottom)"
             if results["input_shape"][1:] == [49, 10]
@@ -516,15 +516,20 @@ def plot_accuracy_vs_saving(summary: dict[str, Any], path: Path) -> None:
             )
         if arm in arms:  # the arms at the band the Training Phase chose
             values = arms[arm]
+            # The equal-count controls share one x: RANDOM, hollow and larger, stays visible.
+            hollow = arm == "random"
             ax.errorbar(
                 100 * values["saving"]["mean"],
                 100 * values["accuracy"]["mean"],
                 yerr=100 * values["accuracy"]["std"],
                 marker=marker,
-                markersize=16 if arm == "drip" else 7,
-                markeredgecolor="black",
+                markersize=16 if arm == "drip" else 12 if hollow else 7,
+                markeredgecolor=colour if hollow else "black",
+                markeredgewidth=2 if hollow else 1,
+                markerfacecolor="none" if hollow else colour,
                 color=colour,
                 linestyle="none",
+                zorder=3 if hollow else 2,
                 label=None if points else ARM_TITLES[arm],
             )
     if "full-clean" in arms:
@@ -537,6 +542,10 @@ def plot_accuracy_vs_saving(summary: dict[str, Any], path: Path) -> None:
         )
     ax.set_xlabel("storage saving: stream samples not stored (%)")
     ax.set_ylabel("test accuracy (%)")
+    low, high = ax.get_xlim()
+    if high - low < 20:  # arms at (nearly) one storage: a narrow axis would spread them apart
+        middle = (low + high) / 2
+        ax.set_xlim(middle - 10, middle + 10)
     noise = summary["noise"]
     title = f"{summary['dataset']}: accuracy vs storage ({len(summary['seeds'])} seeds, "
     title += f"{summary['budget']} budget"
@@ -574,7 +583,7 @@ def plot_noise_scores(results: dict[str, Any], path: Path, seed_index: int = 0) 
         ax.legend(fontsize=8)
     config = results["config"]
     fig.suptitle(
-        f"{results['dataset']}, seed {seed['seed']}: {config['noise']} noise on "
+        f"{results.get('data_name', results['dataset'])}, seed {seed['seed']}: {config['noise']} noise on "
         f"{config['noise_rate']:.0%} of the stream",
         fontsize=10,
     )

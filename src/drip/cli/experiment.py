@@ -137,16 +137,12 @@ def run(args: argparse.Namespace) -> int:
         difficulty=args.difficulty,
         imbalance=args.imbalance,
     )
-    name = args.dataset
-    if config.difficulty != "none":
-        name += f"-{config.difficulty}"
-    if config.imbalance > 1:
-        name += f"-lt{config.imbalance:g}"
-    if config.noise != "none":
-        name += f"-{config.noise}{round(100 * config.noise_rate)}"
-    if config.budget != "steps":
-        name += f"-{config.budget}"
-    out = args.out or Path("runs") / name
+    # Any 28x28 IDX set loads as "mnist": its folder names it (Fashion-MNIST is not MNIST).
+    data_name, folder_name = args.dataset, args.dataset
+    if args.dataset == "mnist" and args.data_dir is not None and args.data_dir.resolve().name != "mnist":
+        folder_name = args.data_dir.resolve().name
+        data_name = f"{folder_name} (IDX)"
+    out = args.out or Path("runs") / config.run_name(folder_name)
     splits = load_or_fetch(args.dataset, args.data_dir, progress=not args.quiet)
     source = "scikit-learn"
     if args.dataset != "digits":
@@ -162,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         source=source,
         device=device,
+        data_name=data_name,
     )
     summary = write_report(results, out)
     print(markdown(summary))

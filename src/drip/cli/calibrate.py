@@ -17,7 +17,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "per-class bands drop the top q_high of DATA's scores. Search mode (--search): MODEL gives "
         "the architecture only; the Training Phase splits DATA (your D0) 60/20/20, searches the "
         "band (largest saving first, stopping at the first that is not significantly worse than "
-        "keeping everything) and saves the deployed scorer with --save-model.",
+        "keeping everything) and saves the deployed scorer (where --save-model says).",
     )
     calibrate.add_argument(
         "--model",

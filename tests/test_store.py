@@ -176,6 +176,10 @@ def test_a_file_shorter_than_an_sqlite_header_is_refused_untouched(tmp_path_fact
     content=st.one_of(
         st.binary(min_size=100, max_size=5000).filter(lambda b: not b.startswith(b"SQLite format 3")),
         st.binary(min_size=84, max_size=5000).map(lambda tail: b"SQLite format 3\x00" + tail),
+        # ... and one that says WAL mode (bytes 18 and 19), which SQLite opens with -wal and -shm
+        st.binary(min_size=84, max_size=5000).map(
+            lambda tail: b"SQLite format 3\x00" + tail[:2] + b"\x02\x02" + tail[4:]
+        ),
     )
 )
 def test_junk_and_damaged_sqlite_headers_are_refused_untouched(tmp_path_factory, content):

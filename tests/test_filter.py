@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 from conftest import calibrated_digits, mlp_head_model
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from drip.errors import DripInputError, DripModelMismatchError
 from drip.filter import DripFilter
@@ -117,6 +119,60 @@ def test_bad_single_offers_raise_and_change_nothing(setup, x, y, match):
     before = state(drip_filter)
     with pytest.raises(DripInputError, match=match):
         drip_filter.offer(x, y)
+    assert state(drip_filter) == before
+
+
+# Ids the store refuses: not a string, or a string UTF-8 cannot encode (a lone surrogate).
+bad_sources = st.one_of(
+    st.binary(max_size=8),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.lists(st.text(max_size=3), max_size=2),
+    st.just("\udc80"),
+    st.text(max_size=3).map(lambda t: t + "\ud800"),
+)
+
+
+def bands(thresholds: Thresholds, keep: bool) -> Thresholds:
+    """``thresholds`` with bands that keep every sample, or none (a band above every score)."""
+    low, high = (-math.inf, math.inf) if keep else (1e30, 1e30)
+    return dataclasses.replace(thresholds, low=(low,) * 10, high=(high,) * 10)
+
+
+# A bad id was refused only when its sample was kept (by the store), and went through when it
+# was dropped: it must be refused before any decision, whichever the band.
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bad=bad_sources, index=st.integers(0, 2), keep=st.booleans())
+def test_a_bad_source_is_refused_before_deciding_and_changes_nothing(tmp_path_factory, bad, index, keep):
+    _, scorer, thresholds = calibrated_digits(held_out=200, q_high=0.3, q_low=0.1, min_class_points=5)
+    with SampleStore(tmp_path_factory.mktemp("src") / "kept.sqlite", durable=False) as store:
+        drip_filter = DripFilter(scorer, bands(thresholds, keep), store)
+        drip_filter.offer_batch(torch.rand(2, 1, 8, 8), [1, 2], sources=["a", "b"])
+        before = state(drip_filter)
+        sources = ["c", None, "d"]
+        sources[index] = bad
+        with pytest.raises(DripInputError, match=rf"^sources\[{index}\]: expected .*, got ") as raised:
+            drip_filter.offer_batch(torch.rand(3, 1, 8, 8), [3, 4, 5], sources=sources)
+        assert repr(bad) in str(raised.value)
+        assert state(drip_filter) == before
+        with pytest.raises(DripInputError, match=r"^source: expected .*, got ") as raised:
+            drip_filter.offer(torch.rand(1, 8, 8), 3, source=bad)
+        assert repr(bad) in str(raised.value)
+        assert state(drip_filter) == before
+
+
+@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("bad", [b"id", 7])
+def test_bytes_or_int_source_is_refused_whether_kept_or_dropped(setup, keep, bad):
+    scorer, thresholds, store = setup
+    drip_filter = DripFilter(scorer, bands(thresholds, keep), store)
+    before = state(drip_filter)
+    with pytest.raises(DripInputError, match=rf"source: expected a string or None, got {type(bad).__name__}"):
+        drip_filter.offer(torch.rand(1, 8, 8), 3, source=bad)
+    with pytest.raises(DripInputError, match=r"sources\[1\]: expected a string or None"):
+        drip_filter.offer_batch(torch.rand(2, 1, 8, 8), [3, 4], sources=["a", bad])
+    with pytest.raises(DripInputError, match=r"sources\[0\]: expected a string or None"):
+        drip_filter.decide_scored(torch.rand(1, 1, 8, 8), [0.5], [3], sources=[bad])
     assert state(drip_filter) == before
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,6 +151,59 @@ def test_not_a_store_and_newer_schema_are_refused_untouched(tmp_path):
         SampleStore(newer)
 
 
+def assert_refused_untouched(folder: Path, content: bytes, read_only: bool = False) -> None:
+    """``SampleStore`` on a file holding ``content`` is refused naming the file, which stays as it
+    was, with no -wal / -shm beside it."""
+    path = folder / "s.sqlite"
+    path.write_bytes(content)
+    with pytest.raises(DripStoreError, match="not a drip store") as raised:
+        SampleStore(path, read_only=read_only)
+    assert str(path) in str(raised.value)
+    assert path.read_bytes() == content
+    assert sorted(p.name for p in folder.iterdir()) == ["s.sqlite"]
+
+
+# SQLite took a file shorter than its 100-byte header for an empty database and wrote a store
+# over it (a 1-byte file became a 32 KB store).
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.binary(min_size=1, max_size=99), read_only=st.booleans())
+def test_a_file_shorter_than_an_sqlite_header_is_refused_untouched(tmp_path_factory, content, read_only):
+    assert_refused_untouched(tmp_path_factory.mktemp("short"), content, read_only)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    content=st.one_of(
+        st.binary(min_size=100, max_size=5000).filter(lambda b: not b.startswith(b"SQLite format 3")),
+        st.binary(min_size=84, max_size=5000).map(lambda tail: b"SQLite format 3\x00" + tail),
+        # ... and one that says WAL mode (bytes 18 and 19), which SQLite opens with -wal and -shm
+        st.binary(min_size=84, max_size=5000).map(
+            lambda tail: b"SQLite format 3\x00" + tail[:2] + b"\x02\x02" + tail[4:]
+        ),
+    )
+)
+def test_junk_and_damaged_sqlite_headers_are_refused_untouched(tmp_path_factory, content):
+    assert_refused_untouched(tmp_path_factory.mktemp("junk"), content)
+
+
+@pytest.mark.parametrize("content", [b"\x00", b"x", b"\n"])
+def test_one_byte_file_is_refused_and_says_what_it_found(tmp_path, content):
+    path = tmp_path / "s.sqlite"
+    path.write_bytes(content)
+    with pytest.raises(DripStoreError, match=r"a 1-byte file .*shorter than any SQLite file"):
+        SampleStore(path)
+    assert path.read_bytes() == content
+
+
+def test_an_empty_file_becomes_a_store(tmp_path):
+    path = tmp_path / "s.sqlite"
+    path.touch()
+    with SampleStore(path) as store:
+        store.add(torch.arange(3.0), 1)
+    with SampleStore(path, read_only=True) as store:
+        assert len(store) == 1
+
+
 def test_reopening_above_capacity_is_refused_and_removes_nothing(tmp_path):
     path = tmp_path / "s.sqlite"
     with SampleStore(path) as store:
@@ -263,3 +318,11 @@ def test_several_checkpoints_commit_with_the_batch_and_class_bytes_count_payload
         assert store.top_scores() == {}
         store.add_batch([torch.ones(1)] * 4, [0, 0, 1, 3], [0.2, 0.7, 0.1, None])
         assert store.top_scores() == {0: 0.7, 1: 0.1}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_path_that_is_not_a_regular_file_is_refused(tmp_path):
+    pipe = tmp_path / "s.sqlite"
+    os.mkfifo(pipe)
+    with pytest.raises(DripStoreError, match=r"s\.sqlite: not a drip store: not a regular file"):
+        SampleStore(pipe)

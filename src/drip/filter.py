@@ -20,6 +20,29 @@ from .validation import as_tensor
 KEPT, ABOVE, BELOW, STORE_FULL = "kept", "above_high", "below_low", "store_full"
 
 
+def _check_source(source: Any, name: str) -> None:
+    """One sample's id: a string that UTF-8 can encode, or None (what the store accepts)."""
+    if source is None or (type(source) is str and source.isascii()):
+        return
+    if not isinstance(source, str):
+        raise DripInputError(f"{name}: expected a string or None, got {type(source).__name__} {source!r}")
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DripInputError(f"{name}: expected text that UTF-8 can encode, got {source!r}") from None
+
+
+def _check_sources(sources: Any) -> None:
+    """``sources``: None, or one id per sample, each checked before anything is scored: the store
+    checks only the ids of what it keeps, so a bad id of a dropped sample went unnoticed."""
+    if sources is None:
+        return
+    if isinstance(sources, (str, bytes)) or not isinstance(sources, Sequence):
+        raise DripInputError(f"sources: expected one id (or None) per sample, got {type(sources).__name__}")
+    for i, source in enumerate(sources):
+        _check_source(source, f"sources[{i}]")
+
+
 @dataclass(frozen=True)
 class Decision:
     """What happened to one sample: ``kept`` and why (``reason``), with its score and label.
@@ -101,6 +124,7 @@ class DripFilter:
 
     def offer(self, x: Any, y: Any, *, source: str | None = None) -> Decision:
         """Decide on one sample ``x`` (no batch dimension) with label ``y``."""
+        _check_source(source, "source")
         tensor = as_tensor(x, "x")
         if tensor.dim() == 0:
             raise DripInputError("x: expected one sample (e.g. (C, H, W)), got a scalar")
@@ -140,6 +164,7 @@ class DripFilter:
         ``drip.parallel``): store what lies inside its band, in one transaction, then count, as
         ``offer_batch`` does after scoring. ``inputs: (B, ...)``: only the rows inside their band
         are read (and stored); ``scores`` and ``labels`` are checked numbers, as the scorer gives."""
+        _check_sources(sources)
         position = self.thresholds.positions(scores, labels)
         return self._decide(inputs, scores, labels, position, sources, [])
 
@@ -147,10 +172,7 @@ class DripFilter:
         self, xs: Any, ys: Any, sources: Sequence[str | None] | None, checkpoint: tuple[str, str] | None
     ) -> tuple[ScoredBatch, list[float], list[int]]:
         """The checked and scored batch, with its scores and labels as lists."""
-        if sources is not None and (isinstance(sources, (str, bytes)) or not isinstance(sources, Sequence)):
-            raise DripInputError(
-                f"sources: expected one id (or None) per sample, got {type(sources).__name__}"
-            )
+        _check_sources(sources)
         if checkpoint is not None and self.store is None:
             raise DripInputError("checkpoint: needs a store to be written to, but the filter has none")
         batch = self.scorer.score_batch(xs, ys, num_classes=self.thresholds.num_classes)

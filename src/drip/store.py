@@ -13,7 +13,8 @@ redundant sample (highest DRIP score) of the most represented class, unless the 
 that sample; then nothing is evicted for it. A sample without a score counts as the least redundant.
 
 Every fault is a ``DripStoreError`` naming the file and the cause (not a drip store, corrupt,
-newer schema, read-only, disk full, locked); a failed write leaves the file as it was.
+newer schema, read-only, disk full, locked); a failed write leaves the file as it was. A path
+that exists must be an empty file or a drip store: anything else is refused and left unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import math
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -72,6 +74,38 @@ def _cause(err: sqlite3.Error) -> str:
     code = getattr(err, "sqlite_errorcode", None)
     meaning = _CAUSES.get(code & 0xFF) if isinstance(code, int) else None
     return f"{meaning} ({err})" if meaning else str(err)
+
+
+# Every SQLite file starts so; SQLite takes a file shorter than its 100-byte header for an empty
+# database and would write a new one over it.
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_SQLITE_HEADER_BYTES = 100
+
+
+def _foreign(path: Path) -> str | None:
+    """What lies at ``path`` when it cannot be a store, read before SQLite opens (and would
+    change) it; None when it may be one: absent, empty (0 bytes) or an SQLite file, whose tables
+    ``_check_format`` judges."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"cannot be examined ({err.strerror})"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_size == 0:
+        return None
+    try:
+        with path.open("rb") as file:
+            head = file.read(_SQLITE_HEADER_BYTES)
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    if len(head) < _SQLITE_HEADER_BYTES:
+        return f"a {len(head)}-byte file ({head[:16]!r}), shorter than any SQLite file"
+    if not head.startswith(_SQLITE_MAGIC):
+        return f"a {info.st_size}-byte file that is not SQLite (it starts {head[:16]!r})"
+    return None
 
 
 # Well below SQLite's smallest limit on bound variables in one statement (999 before 3.32).
@@ -351,6 +385,11 @@ class SampleStore:
             raise DripStoreError(f"path: expected a store file, got the folder {self.path}")
         if not self.path.parent.is_dir():
             raise DripStoreError(f"path: {self.path}: folder {self.path.parent} does not exist")
+        if (found := _foreign(self.path)) is not None:
+            raise DripStoreError(
+                f"{self.path}: not a drip store: {found}; only an empty file or a drip store is "
+                "opened as a store, so it was left unchanged"
+            )
         try:
             if self.read_only:
                 conn = sqlite3.connect(

@@ -18,7 +18,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "gives the architecture only; the Training Phase splits DATA (your D0) into D0_train, a "
         "proxy stream (--proxy-fraction) and validation (20%), searches the band (largest saving "
         "first, stopping at the first that is not significantly worse than keeping everything) and "
-        "saves the deployed scorer with --save-model.",
+        "saves the deployed scorer (where --save-model says).",
     )
     calibrate.add_argument(
         "--model",
@@ -44,7 +44,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--proxy-fraction",
         type=float,
         default=0.64,
-        help="--search: the proxy stream's share of DATA; set P : D0_train as your stream : D0 "
+        help="the proxy stream's share of DATA in the search; set P to D0_train as your stream to D0 "
         "within the 80%% that validation leaves (default: 0.64, a stream 4x D0)",
     )
     calibrate.add_argument(

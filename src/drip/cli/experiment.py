@@ -3,12 +3,36 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..arms import ARMS
 from .common import add_common, add_device, add_rule, add_target
 
 DATASETS = ("digits", "mnist", "cifar10", "speech-commands", "plant-village")
+
+
+class _SweepAction(argparse.Action):
+    """``--sweep``'s values as a tuple of q_high; ``none``, or no value at all, is the empty sweep
+    (``type=float`` refused the ``none`` that the help offers)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        words = [values] if isinstance(values, str) else list(values or [])
+        if words in ([], ["none"]):
+            setattr(namespace, self.dest, ())
+            return
+        try:
+            sweep = tuple(float(word) for word in words)
+        except ValueError:
+            parser.error(f"argument {option_string}: expected q_high values or none, got {' '.join(words)!r}")
+        setattr(namespace, self.dest, sweep)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -20,10 +44,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "through the filter into a store, then every arm retrained with the same optimiser-step "
         "budget: FULL, DRIP, DRIP with the paper's score and the loss band at the chosen band, "
         "RANDOM / class-balanced reservoir / loss / margin / entropy / EL2N at DRIP's kept count; "
-        "then every arm again at each band of the sweep. A public data set that is not there yet "
-        "is fetched first (checksums verified). Each finished seed is saved at once: rerunning an "
-        "interrupted command resumes with the next seed. Writes results.json, summary.json, "
-        "summary.md and plots to OUT.",
+        "then every arm but FULL again at each band of the sweep. A public data set that is not "
+        "there yet is fetched first (checksums verified). Each finished seed is saved at once: "
+        "rerunning an interrupted command resumes with the next seed. Writes results.json, "
+        "summary.json, summary.md and plots to OUT.",
     )
     experiment.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     experiment.add_argument(
@@ -64,10 +88,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     experiment.add_argument(
         "--sweep",
-        type=float,
         nargs="*",
+        action=_SweepAction,
         default=None,
-        help="q_high values of the band sweep (default: 0.2 ... 0.6; none: no sweep)",
+        metavar="Q_HIGH",
+        help="q_high values of the band sweep (default: 0.2 0.3 0.4 0.5 0.6; none: no sweep, as is "
+        "--sweep alone)",
     )
     experiment.add_argument(
         "--arms",
@@ -116,7 +142,6 @@ def run(args: argparse.Namespace) -> int:
     from ..report import markdown, write_report
 
     device = resolve_device(args.device)  # first: a bad name fails before any data is read
-    sweep = None if args.sweep is None else tuple(args.sweep)
     config = ExperimentConfig.for_dataset(
         args.dataset,
         seeds=args.seeds,
@@ -126,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         noise_rate=args.noise_rate,
         q_high=args.q_high,
         q_low=args.q_low,
-        sweep=sweep,
+        sweep=args.sweep,
         arms=tuple(args.arms) if args.arms else None,
         pool_limit=args.pool_limit,
         statistic=args.statistic,

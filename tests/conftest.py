@@ -84,3 +84,15 @@ def calibrated_digits(
 def snapshot(store: SampleStore) -> list[tuple]:
     """Every row of ``store``, values included: equal snapshots mean nothing stored changed."""
     return [(s.id, s.label, s.score, s.source, s.x.dtype, s.x.shape, s.x.tolist()) for s in store]
+
+
+def torchrun_command(*args: str) -> tuple[list[str], dict[str, str]]:
+    """``torchrun --standalone`` (a free port of its own) on 2 CPU ranks, one thread each, running
+    ``args`` (``-m module ...`` or a script and its arguments); the command and its environment."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    return [torchrun, "--standalone", "--nproc-per-node", "2", *args], env

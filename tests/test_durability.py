@@ -8,18 +8,20 @@ milliseconds) and never share an open SQLite connection with it.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import random
 import signal
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import calibrated_digits
+from conftest import calibrated_digits, torchrun_command
 
 from drip.filter import DripFilter
 from drip.score import DripScorer
@@ -308,6 +310,138 @@ def test_filter_rerun_after_sigkill_ends_in_the_uninterrupted_store(cli_files, c
 @pytest.mark.slow
 def test_filter_rerun_after_many_sigkills_ends_in_the_uninterrupted_store(cli_files, capsys):
     assert kill_and_resume(cli_files, runs=15, seed=6, capsys=capsys) == 15
+
+
+# -- drip score resumes after a kill, on one rank and on two, to an uninterrupted run's CSV and store
+
+SCORE_SHARDS = (150, 90, 160)
+
+
+@pytest.fixture
+def score_files(tmp_path: Path) -> Path:
+    scorer, thresholds, x, y = make_stream(sum(SCORE_SHARDS), seed=7)
+    torch.save(scorer.model, tmp_path / "model.pt")
+    thresholds.save(tmp_path / "t.json")
+    # Malformed samples: a resumed run writes their rows again from a checkpoint as well.
+    x[37, 0, 0, 0] = float("nan")
+    y[201] = 12
+    (tmp_path / "shards").mkdir()
+    start = 0
+    for k, size in enumerate(SCORE_SHARDS):
+        shard = {"x": x[start : start + size].clone(), "y": y[start : start + size].clone()}
+        torch.save(shard, tmp_path / "shards" / f"part-{k}.pt")
+        start += size
+    return tmp_path
+
+
+def score_argv(folder: Path, name: str) -> list[str]:
+    """``drip score`` of the shards into ``name``.csv and an evicting ``name``.sqlite at capacity:
+    its contents depend on every decision and their order."""
+    return [
+        "score",
+        *("--model", str(folder / "model.pt"), "--thresholds", str(folder / "t.json")),
+        *("--data", str(folder / "shards"), "--out", str(folder / f"{name}.csv")),
+        *("--store", str(folder / f"{name}.sqlite"), "--capacity-count", "40", "--when-full", "evict"),
+        *("--batch-size", "8", "--quiet"),
+    ]
+
+
+def score_progress(folder: Path, name: str) -> int:
+    """How far a running ``drip score`` into ``name`` has committed (read without writing)."""
+    try:
+        conn = sqlite3.connect(f"file:{folder / name}.sqlite?mode=ro", uri=True)
+        try:
+            key = f"checkpoint:drip score:shards:{name}.csv"
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:  # not created yet
+        return 0
+    return 0 if row is None else json.loads(row[0])["next"]
+
+
+def check_as_uninterrupted(folder: Path, name: str, expected: tuple[bytes, list[tuple]]) -> None:
+    """``name``'s CSV is byte for byte, and its store row for row (ids included: nothing was
+    stored or evicted twice), the uninterrupted run's."""
+    check_sqlite(folder / f"{name}.sqlite")
+    assert (folder / f"{name}.csv").read_bytes() == expected[0]
+    assert rows(folder / f"{name}.sqlite") == expected[1]
+    assert not (folder / f"{name}.csv.partial").exists()
+
+
+def test_score_rerun_after_sigkill_ends_in_the_csv_and_store_of_an_uninterrupted_run(score_files, capsys):
+    from drip.cli import main
+
+    assert main(score_argv(score_files, "whole")) == 0
+    expected = ((score_files / "whole.csv").read_bytes(), rows(score_files / "whole.sqlite"))
+    assert expected[0].count(b",malformed,") == 2
+    chooser = random.Random(8)
+    killed = 0
+    for run in range(3):
+        name, target = f"resumed{run}", chooser.randrange(1, sum(SCORE_SHARDS))
+
+        def reached(name: str = name, target: int = target) -> bool:
+            return score_progress(score_files, name) >= target
+
+        code = run_child(
+            lambda name=name: (main(score_argv(score_files, name)), time.sleep(60)),
+            reached,
+            chooser.uniform(0, 0.01),
+        )
+        killed += code == -signal.SIGKILL
+        capsys.readouterr()
+        assert main(score_argv(score_files, name)) == 0
+        out = capsys.readouterr().out
+        assert "resumed at sample" in out or "nothing to do" in out
+        check_as_uninterrupted(score_files, name, expected)
+    assert killed == 3
+
+
+def kill_torchrun(agent: subprocess.Popen) -> None:
+    """SIGKILL ``torchrun`` and its ranks (each rank leads a session of its own, out of reach of
+    the agent's process group)."""
+    ranks = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == agent.pid:
+            ranks.append(int(stat.parent.name))
+    for pid in ranks:
+        os.killpg(pid, signal.SIGKILL)
+    os.killpg(agent.pid, signal.SIGKILL)
+    agent.wait(60)
+
+
+def test_score_under_two_ranks_rerun_after_sigkill_ends_as_an_uninterrupted_run(score_files):
+    def torchrun(*args: str) -> subprocess.CompletedProcess:
+        command, env = torchrun_command(*args)
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    done = torchrun("-m", "drip.cli", *score_argv(score_files, "whole"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = ((score_files / "whole.csv").read_bytes(), rows(score_files / "whole.sqlite"))
+    # Each rank waits after its run, so that the kill always falls on a live group.
+    script = score_files / "score_then_wait.py"
+    script.write_text("import sys, time\nfrom drip.cli import main\nmain(sys.argv[1:])\ntime.sleep(60)\n")
+    command, env = torchrun_command(str(script), *score_argv(score_files, "resumed"))
+    chooser = random.Random(9)
+    target = chooser.randrange(1, sum(SCORE_SHARDS))
+    agent = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        while agent.poll() is None and score_progress(score_files, "resumed") < target:
+            time.sleep(0.001)
+        time.sleep(chooser.uniform(0, 0.01))
+    finally:
+        kill_torchrun(agent)
+    assert agent.returncode == -signal.SIGKILL
+    done = torchrun("-m", "drip.cli", *score_argv(score_files, "resumed"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed at sample" in done.stdout or "nothing to do" in done.stdout
+    check_as_uninterrupted(score_files, "resumed", expected)
 
 
 # -- a reader retrains while a writer streams ---------------------------------------------

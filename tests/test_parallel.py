@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import csv
 import gc
-import os
-import shutil
 import subprocess
-import sys
 import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import calibrated_digits, snapshot
+from conftest import calibrated_digits, snapshot, torchrun_command
 from PIL import Image
 
 from drip.cli import main
-from drip.errors import DripDataError, DripInputError
+from drip.errors import DripDataError, DripInputError, DripMalformedSampleError
 from drip.filter import DripFilter
 from drip.parallel import (
     ImageFolder,
@@ -111,8 +108,10 @@ def test_the_reader_never_holds_more_than_one_shard(files, monkeypatch):
     assert len(loaded) == len(SHARD_SIZES)
 
 
-def _reference(tmp: Path, x, y, batch_size: int, store_path: Path, **store_options):
-    """Decisions and store of the single-process path: DripFilter.offer_batch in index order."""
+def _reference(tmp: Path, x, y, batch_size: int, store_path: Path, bad=(), **store_options):
+    """Decisions and store of the single-process path: DripFilter.offer_batch in index order, in
+    batches of ``batch_size`` less their ``bad`` samples (whose decisions are None), as
+    ``drip filter`` offers them."""
     _, scorer, thresholds = calibrated_digits(held_out=200, q_high=0.3, q_low=0.1, min_class_points=5)
     folder = TensorShards(tmp / "shards")
     decisions = []
@@ -120,14 +119,15 @@ def _reference(tmp: Path, x, y, batch_size: int, store_path: Path, **store_optio
         drip_filter = DripFilter(scorer, thresholds, store)
         for start in range(0, len(x), batch_size):
             index = range(start, min(start + batch_size, len(x)))
-            sources = [folder.source_id(i) for i in index]
-            part = slice(start, index.stop)
-            decisions += drip_filter.offer_batch(x[part], y[part], sources=sources)
+            good = [i for i in index if i not in bad]
+            sources = [folder.source_id(i) for i in good]
+            decided = iter(drip_filter.offer_batch(x[good], y[good], sources=sources) if good else [])
+            decisions += [None if i in bad else next(decided) for i in index]
         rows = snapshot(store)
     return decisions, rows, drip_filter.counters
 
 
-def _score_args(tmp: Path, out: str, store: str) -> list[str]:
+def _score_args(tmp: Path, out: str, store: str, data: str = "shards") -> list[str]:
     return [
         "score",
         "--model",
@@ -135,7 +135,7 @@ def _score_args(tmp: Path, out: str, store: str) -> list[str]:
         "--thresholds",
         str(tmp / "t.json"),
         "--data",
-        str(tmp / "shards"),
+        str(tmp / data),
         "--out",
         str(tmp / out),
         "--store",
@@ -156,6 +156,9 @@ def _same_as_reference(tmp: Path, out: str, store: str, reference) -> None:
         written = list(csv.DictReader(handle))
     assert [int(r["index"]) for r in written] == list(range(len(decisions)))
     for r, d in zip(written, decisions, strict=True):
+        if d is None:
+            assert (r["score"], r["kept"], r["reason"], r["sample_id"]) == ("", "0", "malformed", "")
+            continue
         assert (bool(int(r["kept"])), r["reason"], int(r["label"])) == (d.kept, d.reason, d.label)
         assert float(r["score"]) == pytest.approx(d.score, rel=1e-5, abs=1e-7)
         assert r["sample_id"] == ("" if d.sample_id is None else str(d.sample_id))
@@ -166,10 +169,8 @@ def _same_as_reference(tmp: Path, out: str, store: str, reference) -> None:
 
 
 def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
-    """``torchrun --standalone`` (a free port of its own) of ``drip`` on 2 CPU ranks, one thread each."""
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    command = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "drip.cli", *args]
+    """``drip`` under ``torchrun`` on 2 CPU ranks."""
+    command, env = torchrun_command("-m", "drip.cli", *args)
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -189,25 +190,101 @@ def test_two_gloo_processes_decide_and_store_as_one_process(files, capsys):
     assert "scored 150 samples on 2 process(es)" in done.stdout
 
 
-def test_a_fault_on_one_rank_stops_both_with_one_error(files):
+def _bad_shards(tmp: Path, x, y) -> dict[int, str]:
+    """The shards again in ``bad/``, with malformed samples: their indices and what is wrong."""
+    (tmp / "bad").mkdir()
+    x, y = x.clone(), y.clone()
+    x[21, 0, 3, 3] = float("nan")  # rank 1's under 2 ranks, as are 57 and 133
+    y[57] = 12  # beyond the 10 classes
+    x[133] = float("inf")
+    bad = {21: "NaN or infinite", 57: "label 12 is out of range", 133: "NaN or infinite"}
+    start = 0
+    for k, size in enumerate(SHARD_SIZES):
+        shard = {"x": x[start : start + size], "y": y[start : start + size]}
+        if k == 1:  # one shard of another shape: each of its samples is malformed, not the data set
+            shard["x"] = torch.rand(size, 1, 9, 9)
+            bad.update({i: "expected shape (B, 1, 8, 8)" for i in range(start, start + size)})
+        torch.save(shard, tmp / "bad" / f"part-{k:03}.pt")
+        start += size
+    return bad
+
+
+def _reported(out: str, bad: dict[int, str], source: TensorShards) -> None:
+    """Each malformed sample reported on one line: its index, source id and what is wrong."""
+    for i, why in bad.items():
+        head = f"malformed sample {i} ({source.source_id(i)}): "
+        lines = [line for line in out.splitlines() if line.startswith(head)]
+        assert len(lines) == 1 and why in lines[0], out
+    assert f"{len(bad)} malformed samples skipped (0 in earlier runs)" in out
+
+
+def test_malformed_samples_are_reported_and_the_rest_decided_on_one_and_two_ranks(files, capsys):
     tmp, x, y = files
-    bad = tmp / "bad"
-    bad.mkdir()
-    torch.save({"x": x[:40], "y": y[:40]}, bad / "a.pt")
-    torch.save({"x": x[40:80], "y": torch.full((40,), 12)}, bad / "b.pt")  # labels beyond 10 classes
-    args = _score_args(tmp, "bad.csv", "bad.sqlite")
-    args[args.index(str(tmp / "shards"))] = str(bad)
-    done = _torchrun(args)
-    assert done.returncode != 0
-    # Both ranks met b.pt's labels in the same round; each stops with the first fault, on one line.
-    errors = [line for line in done.stderr.splitlines() if line.startswith("drip: error:")]
-    assert len(errors) == 2 and all("b.pt" in line and "label" in line for line in errors), done.stderr[
-        -2000:
-    ]
-    assert not (tmp / "bad.csv").exists() and not (tmp / "bad.csv.partial").exists()
+    bad = _bad_shards(tmp, x, y)
+    # The decisions of drip filter's way: each batch of 16 less its malformed samples, in one call.
+    reference = _reference(tmp, x, y, 16, tmp / "reference.sqlite", bad, capacity_count=30, when_full="evict")
+    assert main(_score_args(tmp, "one.csv", "one.sqlite", data="bad")) == 0
+    out = capsys.readouterr().out
+    _reported(out, bad, TensorShards(tmp / "bad"))
+    _same_as_reference(tmp, "one.csv", "one.sqlite", reference)
+
+    done = _torchrun(_score_args(tmp, "two.csv", "two.sqlite", data="bad"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    _reported(done.stdout, bad, TensorShards(tmp / "bad"))
+    _same_as_reference(tmp, "two.csv", "two.sqlite", reference)
 
 
-def test_score_source_counts_as_the_filter_and_names_a_malformed_batch(files, tmp_path):
+def test_strict_stops_every_rank_at_the_first_malformed_sample_and_a_rerun_goes_on(files, capsys):
+    tmp, x, y = files
+    bad = _bad_shards(tmp, x, y)
+    reference = _reference(tmp, x, y, 16, tmp / "reference.sqlite", bad, capacity_count=30, when_full="evict")
+    # Sample 21 is rank 1's; rank 0 decides the batch before its own, and both ranks stop.
+    done = _torchrun([*_score_args(tmp, "strict.csv", "strict.sqlite", data="bad"), "--strict"])
+    assert done.returncode == 1, done.stderr[-3000:]
+    stopped = "stopped at malformed sample 21 (part-000.pt:21): x: expected finite values"
+    assert stopped in done.stdout and "malformed sample 57" not in done.stdout
+    assert not (tmp / "strict.csv").exists()
+    with SampleStore(tmp / "strict.sqlite") as store:
+        assert [row[3] for row in snapshot(store)] == [
+            f"part-000.pt:{i}" for i, d in enumerate(reference[0][:16]) if d.kept
+        ]
+    # One process, the same: and without --strict the job goes on past it, to the whole run.
+    args = _score_args(tmp, "one.csv", "one.sqlite", data="bad")
+    assert main([*args, "--strict"]) == 1
+    assert stopped in capsys.readouterr().out
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "resumed at sample 16" in out
+    _reported(out, bad, TensorShards(tmp / "bad"))
+    _same_as_reference(tmp, "one.csv", "one.sqlite", reference)
+
+
+def test_a_rerun_resumes_only_the_same_job_and_leaves_a_finished_one_alone(files, capsys):
+    tmp, x, y = files
+    _bad_shards(tmp, x, y)
+    args = _score_args(tmp, "job.csv", "job.sqlite", data="bad")
+    assert main([*args, "--strict"]) == 1  # stopped at sample 21: the batch before it is committed
+    assert main([*args[:-2], "8", "--quiet"]) == 2  # --batch-size 8: other batches, other decisions
+    assert "holds a run of 'drip score:bad:job.csv' with another model" in capsys.readouterr().err
+    assert main(args) == 0
+    written = (tmp / "job.csv").read_bytes()
+    with SampleStore(tmp / "job.sqlite") as store:
+        held = snapshot(store)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "job.csv is complete" in capsys.readouterr().out
+    assert (tmp / "job.csv").read_bytes() == written
+    with SampleStore(tmp / "job.sqlite") as store:
+        assert snapshot(store) == held
+    # The CSV of an interrupted job lost: the store cannot vouch for a new one.
+    gone = _score_args(tmp, "gone.csv", "job.sqlite", data="bad")
+    assert main([*gone, "--strict"]) == 1
+    (tmp / "gone.csv.partial").unlink()
+    assert main(gone) == 2
+    assert "gone.csv.partial, its CSV so far, is gone" in capsys.readouterr().err
+
+
+def test_score_source_counts_as_the_filter_and_skips_malformed_samples(files, tmp_path):
     tmp, x, y = files
     _, scorer, thresholds = calibrated_digits(held_out=200, q_high=0.3, q_low=0.1, min_class_points=5)
     drip_filter = DripFilter(scorer, thresholds)
@@ -219,9 +296,14 @@ def test_score_source_counts_as_the_filter_and_names_a_malformed_batch(files, tm
     assert run.counters == counters and run.scored == len(x) and seen == list(range(len(x)))
     bad = tmp_path / "bad"
     bad.mkdir()
-    torch.save({"x": x[:20], "y": torch.full((20,), 12)}, bad / "a.pt")  # labels beyond the 10 classes
-    with pytest.raises(DripInputError, match=r"samples 0 to 19 \(a.pt:0 to a.pt:19\).*label"):
-        score_source(DripFilter(scorer, thresholds), TensorShards(bad), batch_size=32)
+    labels = y[:20].clone()
+    labels[[3, 17]] = 12  # beyond the 10 classes
+    torch.save({"x": x[:20], "y": labels}, bad / "a.pt")
+    run = score_source(DripFilter(scorer, thresholds), TensorShards(bad), batch_size=32)
+    assert [i for i, _ in run.malformed] == [3, 17] and "label 12 is out of range" in run.malformed[0][1]
+    assert sum(run.counters.seen) == 18
+    with pytest.raises(DripMalformedSampleError, match=r"sample 3 \(a.pt:3\): y: .*label"):
+        score_source(DripFilter(scorer, thresholds), TensorShards(bad), batch_size=32, strict=True)
 
 
 def test_cuda_without_a_gpu_falls_back_to_the_cpu_and_says_so(files, capsys):
@@ -277,8 +359,12 @@ def test_bad_sources_raise_errors_that_name_what_is_wrong(tmp_path, capsys):
     x = torch.rand(4, 1, 8, 8)
     _write(tmp_path / "mixed" / "a.pt", {"x": x, "y": torch.zeros(4, dtype=torch.int64)})
     _write(tmp_path / "mixed" / "b.pt", {"x": torch.rand(4, 1, 9, 9), "y": torch.zeros(4, dtype=torch.int64)})
-    with pytest.raises(DripDataError, match=r"b.pt: samples of shape \(1, 9, 9\).*a.pt holds \(1, 8, 8\)"):
-        TensorShards(tmp_path / "mixed")
+    # Samples of another shape are the scorer's to refuse, one at a time: a batch of both is a list.
+    (index, mixed, _), *_ = RankBatches(TensorShards(tmp_path / "mixed"), 6)
+    assert (
+        index.tolist() == list(range(6))
+        and [tuple(s.shape) for s in mixed] == [(1, 8, 8)] * 4 + [(1, 9, 9)] * 2
+    )
     cases = {
         "nolabels": ({"x": x}, "no 'y': every shard needs the labels"),
         "floatlabels": ({"x": x, "y": torch.zeros(4)}, "'y': expected integer labels"),
@@ -328,6 +414,27 @@ def test_image_folders_read_one_image_at_a_time_at_the_model_shape(tmp_path):
     (tmp_path / "images" / "a_cat" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DripDataError, match=r"broken\.png: not a readable image"):
         ImageFolder(tmp_path / "images", (4, 4)).image(0)
+
+
+def test_an_unreadable_image_is_a_malformed_sample_and_the_rest_are_decided(tmp_path):
+    for c, name in enumerate(("a_cat", "b_dog")):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(np.full((8, 8), 30 * c + i, dtype=np.uint8)).save(
+                tmp_path / "images" / name / f"{i}.png"
+            )
+    (tmp_path / "images" / "a_cat" / "2.png").write_bytes(b"not a png")
+    _, scorer, thresholds = calibrated_digits(held_out=200, q_high=0.3, q_low=0.1, min_class_points=5)
+    seen = []
+    run = score_source(
+        DripFilter(scorer, thresholds),
+        ImageFolder(tmp_path / "images", (8, 8), channels=1),
+        batch_size=4,
+        on_decisions=lambda i, d: seen.extend(zip(i, d)),
+    )
+    assert [i for i, _ in run.malformed] == [2] and "2.png: not a readable image" in run.malformed[0][1]
+    assert [i for i, _ in seen] == list(range(10)) and sum(run.counters.seen) == 9
+    assert seen[2][1].reason == run.malformed[0][1]
 
 
 def test_drip_score_explains_itself(capsys):

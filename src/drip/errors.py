@@ -33,3 +33,7 @@ class DripStoreError(DripError):
 
 class DripDataError(DripError):
     """A data set is missing, corrupt, truncated, or fails its checksum."""
+
+
+class DripMalformedSampleError(DripInputError):
+    """A data-set job told to stop at the first malformed sample (``--strict``) met one."""

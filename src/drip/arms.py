@@ -15,11 +15,14 @@ An arm is a rule that picks stream samples to store. Three kinds:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import selectors
-from .data.base import LabelledData
+
+if TYPE_CHECKING:  # drip.data's package loads every data set's module; `drip --help` needs ARMS only
+    from .data.base import LabelledData
 
 BANDS = ("drip", "drip-paper", "loss-band")
 EQUAL_COUNT = ("random", "reservoir", "loss", "margin", "entropy", "el2n")

@@ -569,3 +569,25 @@ def test_margin_maps_agree_across_batch_sizes(method):
     assert torch.allclose(batch, singles, rtol=1e-5, atol=1e-7)
     reference = LayerGradCam(model, "3", path="autograd", method=method, target="margin")(x, y).maps
     assert relative_error(batch, reference) < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("factory", "layer", "path", "expected"),
+    [
+        (gap_model, "3", "auto", "closed_form"),
+        (gap_model, "3", "autograd", "autograd"),
+        (gap_model, "1", "auto", "autograd"),  # a conv follows the layer
+        (mlp_head_model, "4", "auto", "piecewise"),
+        (mlp_head_model, "4", "autograd", "autograd"),
+    ],
+)
+def test_path_names_the_route_chosen_once(factory, layer, path, expected):
+    model = factory()
+    cam = LayerGradCam(model, layer, path=path)
+    route = cam.route
+    assert cam.path == route.path == expected
+    assert (cam.head is not None) == cam.closed_form == (expected == "closed_form")
+    assert (cam.piecewise_head is not None) == (expected == "piecewise")
+    x = torch.randn(2, *((2, 6, 6) if factory is gap_model else (1, 8, 8)))
+    cam(x, torch.tensor([0, 1]))
+    assert cam.route is route and cam.path == expected

@@ -14,7 +14,7 @@ from conftest import gap_model, mlp_head_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drip import cam as cam_module
+from drip.cam import targets as cam_module
 from drip.errors import DripInputError, DripModelError
 from drip.models import digits_cnn, lenet
 from drip.score import SIGNED_STATISTICS, STATISTICS, DripScorer, score_in_batches

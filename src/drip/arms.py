@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from . import selectors
-from .data.base import LabelledData
 from .rules import RULES
+
+if TYPE_CHECKING:  # drip.data's package loads every data set's module; `drip --help` needs ARMS only
+    from .data.base import LabelledData
 
 RULE_ARMS = tuple(f"drip-{rule}" for rule in RULES)
 BANDS = ("drip", "drip-paper", "loss-band", *RULE_ARMS)

@@ -35,20 +35,22 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .cam import CamMethod
-from .data.base import LabelledData, stratified_split
 from .errors import DripInputError
 from .rules import DEFAULT_RULE
 from .score import DEFAULT_CAM, DEFAULT_STATISTIC, DEFAULT_TARGET, DripScorer, Target, score_in_batches
 from .thresholds import Thresholds, model_fingerprint
 from .train import TrainConfig, fit, predict_logits
 from .validation import check_fraction
+
+if TYPE_CHECKING:  # imported where used: drip.data's package loads every data set's module
+    from .data.base import LabelledData
 
 DEFAULT_CANDIDATES = (0.5, 0.4, 0.3, 0.2)
 DEFAULT_CONFIDENCE = 0.95
@@ -274,6 +276,8 @@ def training_phase(
     ``model_factory()`` returns a fresh, untrained model; every training of the phase starts from
     the same initialisation (seeded) and the same budget, so the search compares data, not luck.
     """
+    from .data.base import stratified_split
+
     start = time.perf_counter()
     if q_high is not None:
         q_high = check_fraction(q_high, "q_high")
@@ -383,6 +387,8 @@ def training_phase(
 
 
 def _join(first: LabelledData, second: LabelledData) -> LabelledData:
+    from .data.base import LabelledData
+
     return LabelledData(
         first.name,
         torch.cat([first.x, second.x]),

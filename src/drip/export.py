@@ -12,7 +12,7 @@ device with onnxruntime (or any ONNX runtime) and no PyTorch decides keep/drop i
   layer captured and no map;
 * **piecewise linear** (LeNet-like plain ``nn.Sequential`` heads of Linear, ReLU, max and global
   average pooling, Flatten): the head's gradient is written out as explicit ops, the ReLU masks
-  and the max pools' argmax indices taken from the forward, as in ``LayerGradCam._piecewise``;
+  and the max pools' argmax indices taken from the forward, as in ``drip.cam.piecewise``;
 * heads that only autograd can differentiate are refused with a ``DripModelError`` naming why.
 
 ``int8=True`` quantises the float graph statically with onnxruntime's tools, calibrated on D0
@@ -50,7 +50,10 @@ import torch
 from torch import nn
 
 from .atomic import write_atomically
-from .cam import _combine, target_logit_gradient, target_means
+from .cam import target_logit_gradient, target_means
+from .cam.closed_form import ClosedForm
+from .cam.piecewise import Piecewise
+from .cam.variants import _combine
 from .errors import DripError, DripInputError, DripModelError, DripModelMismatchError
 from .onnx_scorer import FORMAT, VERSION, session
 from .score import STATISTICS, DripScorer
@@ -132,11 +135,11 @@ class DecisionGraph(nn.Module):
         """The logits and the scorer's score, before the int8 offset."""
         cam = self.cam
         if self.map_free:  # no capture, no map: the scorer's own tensor route
-            assert cam.head is not None and cam._positions is not None
+            route = cam.route
+            assert isinstance(route, ClosedForm) and route.positions is not None
             logits = self.model(x)
             classes = logits.argmax(1) if self.predicted else label
-            bias = cam.head.bias
-            return logits, target_means(cam.target, logits, classes, bias, cam._positions[1])
+            return logits, target_means(cam.target, logits, classes, route.head.bias, route.positions[1])
         if cam.head is not None:
             activations, logits = self._capture(x)
             classes = logits.argmax(1) if self.predicted else label
@@ -148,7 +151,7 @@ class DecisionGraph(nn.Module):
         return logits, self.statistic(_combine(cam.method, activations, gradients, cam.rectify))
 
     def _head_rows(self, weight: torch.Tensor, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """dt/dz @ ``weight`` (``LayerGradCam._head_rows``)."""
+        """dt/dz @ ``weight`` (``drip.cam.targets._head_rows``)."""
         if self.cam.target == "class":
             return weight.index_select(0, classes)
         return target_logit_gradient(self.cam.target, logits, classes) @ weight
@@ -170,18 +173,20 @@ class DecisionGraph(nn.Module):
 
     def _piecewise(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Activations, logits and the target's gradient at the layer, as explicit ops: the
-        scorer's own head forward (``LayerGradCam._head_forward``), its backward written with
+        scorer's own head forward (``Piecewise.head_forward``), its backward written with
         ops every ONNX runtime has (a ReLU's mask as a product, the scatter out of place)."""
-        activations, logits, steps = self.cam._head_forward(x)
+        route = self.cam.route
+        assert isinstance(route, Piecewise)
+        activations, logits, steps = route.head_forward(x)
         classes = logits.argmax(1) if self.predicted else label
         gradients = self._head_rows(steps[-1][1].weight, logits, classes)
         spatial = activations.dim() - 2
         for kind, saved in reversed(steps[:-1]):
             if kind == "pool_sums":
-                # Channel weights from the max pool's output (``LayerGradCam._pooled_weights``),
+                # Channel weights from the max pool's output (``Piecewise.pooled_weights``),
                 # as a gradient constant over positions, which both Grad-CAM and XGrad-CAM turn
                 # back into those weights.
-                weights = self.cam._pooled_weights(gradients, saved, activations)
+                weights = route.pooled_weights(gradients, saved, activations)
                 return activations, logits, _broadcastable(weights, spatial)
             if kind == "linear":
                 gradients = gradients @ saved.weight

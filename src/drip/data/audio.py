@@ -13,7 +13,6 @@ import wave
 from pathlib import Path
 
 import numpy as np
-from scipy.fft import dct
 
 from ..errors import DripDataError
 
@@ -101,4 +100,6 @@ def mfcc(
     power = np.abs(np.fft.rfft(framed, nfft)) ** 2 / nfft
     energies = power @ mel_filterbank(bands, nfft, sample_rate, low_hz, high_hz).T
     energies = np.where(energies == 0, np.finfo(float).eps, energies)
+    from scipy.fft import dct  # here: scipy costs every start of drip, and only MFCC needs it
+
     return dct(np.log(energies), type=2, axis=-1, norm="ortho")[..., :coefficients].astype(np.float32)

@@ -111,6 +111,18 @@ def test_float_graph_scores_and_decides_as_drip(trained, tmp_path, name, target)
     assert not model.training
 
 
+def test_a_model_that_declares_no_shape_exports_at_the_shape_it_was_calibrated_on(tmp_path):
+    model = gap_model(classes=3)  # a plain Sequential: no input_shape attribute
+    x, y = torch.rand(90, 2, 6, 6), torch.arange(90) % 3
+    scorer = DripScorer(model, "3")
+    thresholds = calibrate(scorer, x, y, q_high=0.3, num_classes=3, min_class_points=5)
+    result = export_onnx(scorer, thresholds, tmp_path / "plain.onnx")
+    _, _, keep = run_graph(result.path, x, y)
+    assert keep.tolist() == thresholds.keep(scorer(x, y), y).tolist()
+    with pytest.raises(DripModelError, match="input_shape"):
+        export_onnx(scorer, dataclasses.replace(thresholds, input_shape=()), tmp_path / "none.onnx")
+
+
 @pytest.mark.parametrize("rule", RULES)
 def test_the_graph_keeps_what_the_filter_keeps_under_every_rule(trained, tmp_path, rule):
     model = trained["resnet8"]

@@ -13,7 +13,9 @@ import pytest
 import torch
 from conftest import calibrated_digits, snapshot, torchrun_command
 from PIL import Image
+from torch import nn
 
+from drip.calibrate import calibrate
 from drip.cli import main
 from drip.errors import DripDataError, DripInputError, DripMalformedSampleError
 from drip.filter import DripFilter
@@ -27,6 +29,7 @@ from drip.parallel import (
     resolve_device,
     score_source,
 )
+from drip.score import DripScorer
 from drip.store import SampleStore
 
 SHARD_SIZES = (40, 7, 53, 50)  # uneven, one shorter than a batch: batches span shards
@@ -443,3 +446,26 @@ def test_drip_score_explains_itself(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert exit_info.value.code == 0 and "torchrun --nproc-per-node N drip score" in text
     assert "--device" in text and "--workers" in text
+
+
+def test_an_image_folder_is_read_at_the_shape_the_thresholds_were_calibrated_on(tmp_path, capsys):
+    # A plain Sequential declares no input_shape: the thresholds remember the calibration samples'.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    ).eval()
+    x, y = torch.rand(80, 1, 8, 8), torch.arange(80) % 2
+    thresholds = calibrate(DripScorer(model, "1"), x, y, q_high=0.3, num_classes=2, min_class_points=5)
+    assert thresholds.input_shape == (1, 8, 8)
+    torch.save(model, tmp_path / "m.pt")
+    thresholds.save(tmp_path / "t.json")
+    for c, name in enumerate(("a_cat", "b_dog")):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 40 * c + i, dtype=np.uint8)).save(
+                tmp_path / "images" / name / f"{i}.png"
+            )
+    args = ["score", "--model", str(tmp_path / "m.pt"), "--thresholds", str(tmp_path / "t.json")]
+    args += ["--data", str(tmp_path / "images"), "--out", str(tmp_path / "o.csv"), "--quiet"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert len((tmp_path / "o.csv").read_text().splitlines()) == 1 + 6

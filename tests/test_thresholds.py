@@ -78,6 +78,8 @@ def test_json_round_trip(tmp_path):
         pooled=(False, True),
         metadata={"trials": [{"q_high": 0.3, "val_accuracy": 0.9}]},
         rule="coverage",
+        kept=(30, 12),
+        input_shape=(1, 8, 8),
     )
     path = tmp_path / "t.json"
     t.save(path)
@@ -90,7 +92,9 @@ def test_json_round_trip(tmp_path):
 def test_a_file_written_before_rules_loads_as_per_class(tmp_path):
     path = tmp_path / "old.json"
     path.write_text('{"format": "drip-thresholds", "version": 1, "low": [null], "high": [1.0]}')
-    assert Thresholds.load(path).rule == "per-class"
+    old = Thresholds.load(path)
+    assert old.rule == "per-class" and old.kept == () and old.input_shape == ()
+    assert old.keep_rates() is None
 
 
 def test_wrong_model_is_refused_unless_overridden():

@@ -68,9 +68,11 @@ def bands_for_scorer(
     q_low: float = 0.0,
     min_class_points: int = 30,
     rule: str = DEFAULT_RULE,
+    input_shape: tuple[int, ...] = (),
     metadata: dict | None = None,
 ) -> Thresholds:
-    """Thresholds from held-out ``scores`` of ``scorer``, tagged with the scorer's model and setup."""
+    """Thresholds from held-out ``scores`` of ``scorer``, tagged with the scorer's model and setup
+    and the shape of one calibration sample."""
     return Thresholds.from_scores(
         scores,
         labels,
@@ -79,6 +81,7 @@ def bands_for_scorer(
         q_low=q_low,
         min_class_points=min_class_points,
         rule=rule,
+        input_shape=input_shape,
         statistic=scorer.statistic,
         layer=scorer.layer_name,
         model_fingerprint=model_fingerprint(scorer.model),
@@ -115,6 +118,7 @@ def calibrate(
         q_low=q_low,
         min_class_points=min_class_points,
         rule=rule,
+        input_shape=tuple(x.shape[1:]),
         metadata={"calibration_points": len(y)},
     )
 
@@ -367,6 +371,7 @@ def training_phase(
         q_low=q_low,
         min_class_points=min_class_points,
         rule=rule,
+        input_shape=tuple(d0.x.shape[1:]),
         metadata={"training_phase": summary},
     )
     return TrainingPhaseResult(

@@ -280,13 +280,14 @@ def _example(
         if len(x) == 0:
             raise DripInputError("calibration: expected at least one sample, got none")
         return x[:8], y[:8]
-    if scorer.input_shape is None:
+    shape = scorer.input_shape or thresholds.input_shape  # the shape it was calibrated on
+    if not shape:
         raise DripModelError(
-            "export: the model declares no input_shape; pass DripScorer(..., input_shape=...) "
-            "or calibration samples"
+            "export: neither the model nor the thresholds declare an input_shape; pass "
+            "DripScorer(..., input_shape=...) or calibration samples"
         )
     generator = torch.Generator().manual_seed(0)
-    x = torch.rand(8, *scorer.input_shape, generator=generator)
+    x = torch.rand(8, *shape, generator=generator)
     return x, torch.arange(8) % thresholds.num_classes
 
 

@@ -50,7 +50,11 @@ def model_fingerprint(model: nn.Module) -> str:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Per-class bands on the DRIP score and where they came from."""
+    """Per-class bands on the DRIP score and where they came from.
+
+    ``input_shape``: the shape of one calibration sample (empty: unknown), so that a model which
+    declares none can still be exported or read image folders at the shape it was calibrated on.
+    """
 
     low: tuple[float, ...]
     high: tuple[float, ...]
@@ -66,12 +70,18 @@ class Thresholds:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     rule: str = "per-class"
     kept: tuple[int, ...] = ()
+    input_shape: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         low = _floats(self.low, "low")
         high = _floats(self.high, "high")
         counts = _sequence(self.counts, "counts")
         kept = _sequence(self.kept, "kept")
+        input_shape = _sequence(self.input_shape, "input_shape")
+        if not all(
+            isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in input_shape
+        ):
+            raise DripThresholdsError(f"input_shape: expected positive integers, got {self.input_shape!r}")
         for name, values in (("counts", counts), ("kept", kept)):
             if not all(
                 isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 0 for c in values
@@ -106,6 +116,7 @@ class Thresholds:
         object.__setattr__(self, "high", high)
         object.__setattr__(self, "counts", tuple(int(c) for c in counts))
         object.__setattr__(self, "kept", tuple(int(c) for c in kept))
+        object.__setattr__(self, "input_shape", tuple(int(d) for d in input_shape))
         object.__setattr__(self, "pooled", tuple(bool(p) for p in pooled))
         if not low or len(low) != len(high):
             raise DripThresholdsError(
@@ -275,6 +286,7 @@ class Thresholds:
                 counts=tuple(data.get("counts", [])),
                 pooled=tuple(data.get("pooled", [])),
                 kept=tuple(data.get("kept", [])),
+                input_shape=tuple(data.get("input_shape", [])),
                 metadata=dict(metadata),
                 **fields,
             )

@@ -30,7 +30,13 @@ def scorer_for(model, thresholds, layer: str | None = None):
     from ..score import DripScorer
 
     return DripScorer(
-        model, layer or thresholds.layer or None, thresholds.statistic, thresholds.target, cam=thresholds.cam
+        model,
+        layer or thresholds.layer or None,
+        thresholds.statistic,
+        thresholds.target,
+        cam=thresholds.cam,
+        # A model that declares no shape is checked against the one it was calibrated on.
+        input_shape=getattr(model, "input_shape", None) or thresholds.input_shape or None,
     )
 
 

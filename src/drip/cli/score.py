@@ -302,7 +302,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, announce=Ranks.from_env().rank == 0)
     thresholds = Thresholds.load(args.thresholds)
     model = load_model(args.model)
-    source = open_source(args.data, getattr(model, "input_shape", None))
+    # An image folder is read at the model's shape, or the one its thresholds were calibrated on.
+    source = open_source(args.data, getattr(model, "input_shape", None) or thresholds.input_shape or None)
     with distributed(device) as (ranks, device), contextlib.ExitStack() as stack:
         scorer = scorer_for(model.to(device), thresholds, args.layer)
         writer = ranks.rank == 0

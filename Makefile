@@ -52,7 +52,7 @@ bench-export: $(STAMP)
 bench-parallel: $(STAMP)
 	$(BIN)/python benchmarks/parallel.py $(ARGS)
 
-# The MNIST experiments of the README (hours on 2 cores).
+# The MNIST experiments of docs/experiments.md (hours on 2 cores).
 bench-mnist: $(STAMP)
 	bash benchmarks/mnist.sh
 

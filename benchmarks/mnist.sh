@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The MNIST experiments reported in README.md, one after another (about 10 hours on one core).
+# The MNIST experiments reported in docs/experiments.md, one after another (about 10 hours on one core).
 # Each writes runs/<name>/ (results.json, summary.md, plots); copy the ones you report into
 # benchmarks/results/.
 set -euo pipefail

@@ -1,4 +1,4 @@
-"""The README's label-noise table, from the summary.json of each noise run.
+"""The label-noise table of docs/experiments.md, from the summary.json of each noise run.
 
 python benchmarks/noise_table.py runs/mnist-label20 runs/mnist-label40 runs/mnist-label20-long ...
 """

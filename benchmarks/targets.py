@@ -9,7 +9,7 @@ its share of S at each q (the fraction it is meant to drop), calibrated on P's s
 * ``pooled``: the same with one quantile for all classes (hard classes keep more);
 * ``thin``: per class, keep with a probability falling linearly with the score's percentile
   among P's scores (the stochastic thinning of the earlier ``drip-rank`` arm): some redundant
-  samples survive. It lost to ``top`` (README, "Which score"), so it lives here only.
+  samples survive. It lost to ``top`` (docs/how-it-works.md, "Which score"), so it lives here only.
 
 Controls at the count of ``margin/top`` at each q: RANDOM and LOSS (the highest-loss samples of the
 whole stream), and the loss band (``top`` on the negative loss, per class). Every training starts

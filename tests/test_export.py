@@ -29,7 +29,7 @@ onnx = pytest.importorskip("onnx")
 
 # The issue's goal: int8 keep decisions agree with float on >= 99% of a stream. Measured here for
 # the default score on an AMD EPYC with AVX-512 VNNI: digits_cnn 99.1%, lenet 99.2%, resnet8
-# 99.2%, dscnn 99.6% (README, Deploy); without the per-class score offset resnet8 fell to 97.5%.
+# 99.2%, dscnn 99.6% (docs/deploy.md); without the per-class score offset resnet8 fell to 97.5%.
 # int8 kernels differ by CPU (AVX2's u8 x s8 products saturate where VNNI's do not), so the floors
 # leave room for them; the offset itself is pinned exactly below.
 INT8_AGREEMENT_FLOOR = {"digits_cnn": 0.97, "lenet": 0.97, "resnet8": 0.97, "dscnn": 0.97}
@@ -169,7 +169,7 @@ def test_int8_decisions_agree_with_float(trained, tmp_path, name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["digits_cnn", "lenet", "resnet8", "dscnn"])
 def test_int8_agreement_over_training_seeds(tmp_path, name):
-    """The README's five-seed figures: `pytest -m slow -s tests/test_export.py -k seeds`."""
+    """The five-seed figures of docs/deploy.md: `pytest -m slow -s tests/test_export.py -k seeds`."""
     agreements, uncorrected = [], []
     for seed in range(5):
         model = trained_briefly(name, seed)

@@ -469,7 +469,7 @@ def quantize_int8(
     """Static int8 quantisation (QDQ) of the graph at ``float_path``, calibrated on ``x``, ``y``.
 
     Returns the per-class score offsets written into the graph. Choices measured on the four
-    reference models over three training seeds (README, Deploy):
+    reference models over three training seeds (docs/deploy.md):
 
     * convolutions and linear layers in int8 with per-channel weight scales, the standard for
       convolution weights (TFLite's int8 spec requires them); convolution outputs stay float;

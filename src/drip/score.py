@@ -71,7 +71,7 @@ SIGNED_STATISTICS: frozenset[str] = frozenset({"net"})
 
 Target = Literal["label", "predicted", "margin", "logprob"]
 TARGETS: tuple[str, ...] = ("label", "predicted", "margin", "logprob")
-# The product's score (README, "Which score"): the net evidence (the signed map's mean) of the
+# The product's score (docs/how-it-works.md, "Which score"): the net evidence (the signed map's mean) of the
 # margin target with XGrad-CAM weights, which equal Grad-CAM's for GAP + linear heads.
 DEFAULT_STATISTIC = "net"
 DEFAULT_TARGET: Target = "margin"

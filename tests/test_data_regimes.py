@@ -1,4 +1,4 @@
-"""Harder regimes: graded class difficulty and long-tailed class sizes, as documented."""
+"""Harder regimes: classes blended in pairs of graded strength, and long-tailed class sizes."""
 
 from __future__ import annotations
 
@@ -7,25 +7,29 @@ from itertools import pairwise
 import torch
 
 from drip.data import load_digits
-from drip.data.regimes import graded_difficulty, long_tailed
+from drip.data.regimes import graded_difficulty, long_tailed, partner_classes
 
 
-def test_graded_difficulty_leaves_the_first_class_and_corrupts_later_classes_more():
+def test_classes_pair_up_with_graded_blend_weights():
+    partner, weight = partner_classes(10)
+    assert partner == [5, 6, 7, 8, 9, 0, 1, 2, 3, 4]
+    assert weight == [0.45 * k / 4 for k in range(5)] * 2
+    assert partner_classes(3) == ([1, 0, 2], [0.0, 0.0, 0.0])  # one pair of weight 0, one unpaired
+
+
+def test_graded_difficulty_blends_each_image_with_one_of_its_partner_class():
     data = load_digits()
     graded = graded_difficulty(data)
-    change = [float((graded.x - data.x)[data.y == c].abs().mean()) for c in range(10)]
-    assert change[0] == 0.0 and torch.equal(graded.y, data.y)
-    assert all(a < b for a, b in pairwise(change))
+    assert torch.equal(graded.y, data.y)
+    change = [float((graded.x - data.x)[data.y == c].abs().mean()) for c in range(5)]
+    assert change[0] == 0.0 and all(a < b for a, b in pairwise(change))
+    # An image of class 4 is 0.55 of itself and 0.45 of some image of class 9.
+    i = int((data.y == 4).nonzero()[0])
+    partner = (graded.x[i] - 0.55 * data.x[i]) / 0.45
+    nines = data.x[data.y == 9]
+    assert float((nines - partner).abs().flatten(1).amax(1).min()) < 1e-4
     assert torch.equal(graded_difficulty(data).x, graded.x)  # a data set: the same every time
     assert not torch.equal(graded_difficulty(data, seed=1).x, graded.x)
-
-
-def test_the_hardest_class_is_occluded_over_half_of_each_side():
-    data = load_digits()
-    graded = graded_difficulty(data)
-    last = (data.y == 9).nonzero().flatten()[0]
-    occluded = graded.x[last, 0] == float(data.x.mean())
-    assert int(occluded.sum()) == 4 * 4  # digits are 8x8: a 4x4 patch
 
 
 def test_long_tailed_keeps_ratio_to_the_power_of_the_class_level():

@@ -280,12 +280,12 @@ def training_phase(
     ``model_factory()`` returns a fresh, untrained model; every training of the phase starts from
     the same initialisation (seeded) and the same budget, so the search compares data, not luck.
     """
-    from .data.base import stratified_split
-
     # Any torch optimizer imports torch's compiler stack (torch._dynamo, 1-5 s) on its first step
     # in a process: a cost of the process, which the training the phase is measured against (the
     # reference, not the first) does not pay either. Paid before the clock: like against like.
-    import torch._dynamo  # noqa: F401
+    import torch._dynamo
+
+    from .data.base import stratified_split
 
     start = time.perf_counter()
     if q_high is not None:

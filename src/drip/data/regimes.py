@@ -4,11 +4,14 @@ MNIST and digits have classes of about equal difficulty, so they cannot show whe
 rule spends storage where the classes are hard; real streams are also rarely balanced. Both
 regimes are documented rules over the data set's own samples, so anyone can rebuild them:
 
-* ``graded_difficulty``: class c of C gets the level ``l_c = c / (C - 1)`` (class 0 untouched, the
-  last class hardest). Each sample of the class gets additive Gaussian noise of ``l_c`` times the
-  data's pixel std and a mean-valued occluding patch covering ``l_c / 2`` of each of its last two
-  dimensions (the last one for 1-D inputs such as MFCC frames), at a random place. The draw is
-  fixed by ``seed``: the regime is a data set, the same in every experiment seed.
+* ``graded_difficulty``: classes in confusable pairs of graded strength. Class c < C // 2 is
+  paired with c + C // 2; pair k blends each image of either class with a random image of the
+  other, ``x = (1 - w_k) x + w_k x_partner``, ``w_k = 0.45 k / (C // 2 - 1)``: pair 0 is left as it
+  is, the last pair is 55:45 mixtures of its two classes. Both classes of a pair are treated
+  alike, so the corruption itself says nothing about the label (a class-dependent noise level or
+  patch size would: a model learns the corruption, and the set gets easier, not harder); what is
+  left to learn is which of two superimposed classes dominates. The partners are drawn by
+  ``seed``: the regime is a data set, the same in every experiment seed.
 * ``long_tailed``: class c keeps ``ratio ** (-c / (C - 1))`` of its samples (class 0 all, the last
   class ``1 / ratio``), a random subset drawn by ``generator``.
 """
@@ -24,24 +27,33 @@ def _levels(num_classes: int) -> torch.Tensor:
     return torch.arange(num_classes, dtype=torch.float32) / max(num_classes - 1, 1)
 
 
+HARDEST_BLEND = 0.45
+
+
+def partner_classes(num_classes: int) -> tuple[list[int], list[float]]:
+    """Each class's partner (itself when unpaired) and the weight its partner's image gets."""
+    half = num_classes // 2
+    partner, weight = list(range(num_classes)), [0.0] * num_classes
+    for k in range(half):
+        w = HARDEST_BLEND * k / max(half - 1, 1)
+        partner[k], partner[k + half] = k + half, k
+        weight[k] = weight[k + half] = w
+    return partner, weight
+
+
 def graded_difficulty(data: LabelledData, seed: int = 0) -> LabelledData:
-    """A copy of ``data`` whose class c is corrupted at level c / (C - 1) (see the module)."""
+    """A copy of ``data`` whose classes are blended in pairs of graded strength (see the module)."""
     generator = torch.Generator().manual_seed(seed)
-    level = _levels(data.num_classes)[data.y]
-    x = data.x.clone().float()
-    noise = torch.randn(x.shape, generator=generator)
-    x += (level * float(data.x.std())).reshape(-1, *[1] * (x.dim() - 1)) * noise
-    spatial = x.shape[-2:] if x.dim() >= 3 else x.shape[-1:]
-    fill = float(data.x.mean())
-    corners = [torch.rand(len(x), generator=generator) for _ in spatial]
-    for i, strength in enumerate(level.tolist()):
-        window = []
-        for size, corner in zip(spatial, corners):
-            side = round(strength / 2 * size)
-            start = int(corner[i] * (size - side + 1))
-            window.append(slice(start, start + side))
-        x[(i, Ellipsis, *window)] = fill
-    return LabelledData(f"{data.name}-graded", x.to(data.x.dtype), data.y, data.num_classes, data.class_names)
+    partner, weight = partner_classes(data.num_classes)
+    x = data.x.clone()
+    for c in range(data.num_classes):
+        own = (data.y == c).nonzero().flatten()
+        others = (data.y == partner[c]).nonzero().flatten()
+        if weight[c] == 0 or len(own) == 0 or len(others) == 0:
+            continue
+        picks = others[torch.randint(len(others), (len(own),), generator=generator)]
+        x[own] = ((1 - weight[c]) * data.x[own].float() + weight[c] * data.x[picks].float()).to(data.x.dtype)
+    return LabelledData(f"{data.name}-graded", x, data.y, data.num_classes, data.class_names)
 
 
 def long_tailed(data: LabelledData, ratio: float, generator: torch.Generator) -> LabelledData:

@@ -52,7 +52,7 @@ from .errors import DripInputError
 from .filter import DripFilter
 from .models import build_model
 from .parallel import CPU
-from .rules import DEFAULT_RULE, RULES
+from .rules import DEFAULT_Q_LOW, DEFAULT_RULE, RULES
 from .score import (
     DEFAULT_CAM,
     DEFAULT_STATISTIC,
@@ -103,7 +103,7 @@ class ExperimentConfig:
     pool_limit: int | None = None
     q_high: float | None = None
     candidates: tuple[float, ...] = DEFAULT_CANDIDATES
-    q_low: float = 0.0
+    q_low: float = DEFAULT_Q_LOW
     rule: str = DEFAULT_RULE
     confidence: float = DEFAULT_CONFIDENCE
     statistic: str = DEFAULT_STATISTIC
@@ -477,8 +477,6 @@ def run_seed(
         q_low=config.q_low,
         rule=config.rule,
         confidence=config.confidence,
-        # P : D0_train as S : D0, within the 80% of D0 that W leaves.
-        proxy_fraction=0.8 * (1 - config.initial_fraction),
         statistic=config.statistic,
         target=config.target,
         cam=config.cam,

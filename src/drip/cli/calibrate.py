@@ -32,7 +32,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     mode.add_argument("--q-high", type=float, help="fraction of each class to drop from the top")
     mode.add_argument("--search", action="store_true", help="run the full Training Phase")
     calibrate.add_argument(
-        "--q-low", type=float, default=0.0, help="fraction to drop from the bottom (default: 0)"
+        "--q-low",
+        type=float,
+        default=0.01,
+        help="per class, the fraction of the held-out scores below which a sample is dropped as "
+        "contradicting its label (a flipped label) (default: 0.01)",
     )
     calibrate.add_argument(
         "--layer", default=None, help="target layer's dotted name (default: model.drip_layer)"
@@ -43,9 +47,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     calibrate.add_argument(
         "--proxy-fraction",
         type=float,
-        default=0.64,
-        help="the proxy stream's share of DATA in the search; set P to D0_train as your stream to D0 "
-        "within the 80%% that validation leaves (default: 0.64, a stream 4x D0)",
+        default=0.2,
+        help="the proxy stream's share of DATA in the search, with D0_train the rest of the 80%% "
+        "that validation leaves (default: 0.2)",
     )
     calibrate.add_argument(
         "--save-model",

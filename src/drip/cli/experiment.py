@@ -84,7 +84,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--q-low",
         type=float,
         default=None,
-        help="fraction below the class's clean calibration scores to drop (default: 0)",
+        help="per class, the fraction of the clean calibration scores below which a stream sample "
+        "is dropped as contradicting its label (default: 0.01)",
     )
     experiment.add_argument(
         "--sweep",

@@ -8,7 +8,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # spinning OpenMP pool next to any other busy process slowed torch 35-230x.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test lint format bench bench-scorer bench-export bench-mnist bench-budget bench-parallel venv clean synth-speech
+.PHONY: demo test lint format bench bench-scorer bench-export bench-mnist bench-rules bench-budget bench-parallel venv clean synth-speech
 
 venv: $(STAMP)
 
@@ -55,6 +55,11 @@ bench-parallel: $(STAMP)
 # The MNIST experiments of docs/experiments.md (hours on 2 cores).
 bench-mnist: $(STAMP)
 	bash benchmarks/mnist.sh
+
+# The selection rules on six regimes (digits, MNIST 60k, 10k pool, graded, long-tailed, 20% flips),
+# every arm at equal storage, 3 seeds: benchmarks/results/rules/ (hours on 2 cores).
+bench-rules: $(STAMP)
+	bash benchmarks/rules.sh
 
 # Adaptive thresholds under a byte budget against fixed ones and the reservoir (about an hour, one thread).
 bench-budget: $(STAMP)

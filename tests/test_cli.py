@@ -19,7 +19,14 @@ from drip.thresholds import Thresholds
 def test_demo_runs_end_to_end_and_writes_every_file(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--seeds", "1", "--steps", "25", "--out", str(out), "--quiet"]) == 0
-    for name in ("summary.json", "summary.md", "results.json", "scores.png", "heatmaps.png"):
+    for name in (
+        "summary.json",
+        "summary.md",
+        "results.json",
+        "scores.png",
+        "heatmaps.png",
+        "kept_per_class.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
     for key in (

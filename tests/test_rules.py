@@ -90,3 +90,25 @@ def test_every_rule_keeps_about_its_share_and_coverage_starves_no_class(scores, 
         assert kept[c] >= floors[c] * counts[c] - 1  # the floor, up to quantile interpolation
     # Above the floors the cut is as high as the target share allows, and never above it.
     assert sum(kept) <= max((1 - q_high) * len(values), sum(np.ceil(floors * counts))) + classes
+
+
+def test_a_class_with_few_calibration_points_keeps_its_floor_of_them():
+    # 5 points per class, too few for a per-class quantile (30): the floor still comes from the
+    # class's own points, so the easy class keeps its 25% of them, not whatever a pooled cut leaves.
+    scores = np.concatenate([np.linspace(10, 11, 5), np.linspace(0, 1, 5)])
+    labels = np.repeat([0, 1], 5)
+    t = Thresholds.from_scores(scores, labels, 2, q_high=0.5, rule="coverage", min_class_points=30)
+    assert t.pooled == (True, True) and t.kept[0] >= 1
+    assert t.high[0] == pytest.approx(np.quantile(np.linspace(10, 11, 5), 0.25))
+
+
+def test_a_lower_cut_needs_enough_points_for_its_quantile():
+    values = np.arange(300, dtype=float)
+    labels = np.repeat([0, 1, 2], 100)
+    with_cut = Thresholds.from_scores(values, labels, 3, q_high=0.2, q_low=0.01, min_class_points=30)
+    assert all(low > -math.inf for low in with_cut.low)  # 100 points: the 1% quantile lies in the data
+    few = Thresholds.from_scores(values[:150], labels[:150], 3, q_high=0.2, q_low=0.01, min_class_points=30)
+    assert few.counts == (100, 50, 0)
+    assert few.low[0] > -math.inf  # 100 points
+    assert few.low[1] == -math.inf  # 50 own points: their 1% quantile lies below the lowest
+    assert few.low[2] > -math.inf  # none: the pooled 150 decide

@@ -28,7 +28,7 @@ from torch import nn
 from .atomic import write_atomically
 from .cam import CAM_METHODS
 from .errors import DripInputError, DripModelMismatchError, DripThresholdsError
-from .rules import DEFAULT_RULE, RULES, quantile, upper_cuts
+from .rules import DEFAULT_RULE, RULES, lower_cut, upper_cuts
 from .score import DEFAULT_CAM, DEFAULT_STATISTIC, DEFAULT_TARGET, STATISTICS, TARGETS
 from .validation import as_tensor, check_fraction, check_labels
 
@@ -185,7 +185,7 @@ class Thresholds:
         counts = [int((classes == c).sum()) for c in range(num_classes)]
         pooled = [count < min_class_points for count in counts]
         low = [
-            -math.inf if q_low == 0 else quantile(values if use_pool else values[classes == c], q_low)
+            lower_cut(values if use_pool else values[classes == c], q_low)
             for c, use_pool in enumerate(pooled)
         ]
         high = upper_cuts(

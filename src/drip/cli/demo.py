@@ -43,5 +43,8 @@ def run(args: argparse.Namespace) -> int:
     results = run_experiment(config, load_digits(), args.out, progress=not args.quiet)
     summary = write_report(results, args.out)
     print(markdown(summary))
-    print(f"wrote {args.out}/summary.md, summary.json, results.json, scores.png, heatmaps.png")
+    print(
+        f"wrote {args.out}/summary.md, summary.json, results.json, scores.png, heatmaps.png, "
+        "kept_per_class.png"
+    )
     return 0

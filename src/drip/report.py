@@ -259,14 +259,15 @@ def plot_kept_per_class(summary: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(7.5, 0.9 * len(names)), 4.2))
     width = 0.8 / len(arms)
     for i, (arm, counts) in enumerate(arms.items()):
-        colour = "black" if arm == "full" else _STYLES.get(arm, (None, None))[1]
+        full = arm == "full"  # an outline: what there was to store, not a choice
         ax.bar(
             np.arange(len(names)) + (i - (len(arms) - 1) / 2) * width,
             counts,
             width,
             label=ARM_TITLES.get(arm, arm),
-            color=colour,
-            alpha=0.35 if arm == "full" else 0.9,
+            color="none" if full else _STYLES.get(arm, (None, None))[1],
+            edgecolor="black" if full else None,
+            alpha=1.0 if full else 0.9,
         )
     ax.set_xticks(np.arange(len(names)), [str(n) for n in names])
     ax.set_xlabel("class")

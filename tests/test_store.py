@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drip.errors import DripInputError, DripStoreError
-from drip.store import SampleStore, _encode, _encode_batch
+from drip.store import SampleStore
+from drip.store.rows import _encode, _encode_batch
 
 
 def test_reopen_keeps_every_row_byte_for_byte(tmp_path):

@@ -51,6 +51,7 @@ from .data.regimes import graded_difficulty, long_tailed
 from .errors import DripInputError
 from .filter import DripFilter
 from .models import build_model
+from .noise import Noise, corrupt, noise_stats
 from .parallel import CPU
 from .rules import DEFAULT_Q_LOW, DEFAULT_RULE, RULES
 from .score import (
@@ -72,7 +73,6 @@ DEFAULT_SWEEP = (0.2, 0.3, 0.4, 0.5, 0.6)
 # The paper's score: the mean of the label's ReLU'd Grad-CAM map.
 PAPER_STATISTIC, PAPER_TARGET, PAPER_CAM = "mean", "label", "gradcam"
 GALLERY_SIZE = 8
-Noise = Literal["none", "label", "gaussian"]
 Difficulty = Literal["none", "graded"]
 
 # Per data set: the reference model and a step budget that trains it well on 2 CPU cores
@@ -174,39 +174,6 @@ class ExperimentConfig:
 
     def train_config(self, steps: int | None = None) -> TrainConfig:
         return TrainConfig(steps=steps or self.steps, batch_size=self.batch_size, lr=self.lr)
-
-
-def corrupt(
-    stream: LabelledData, noise: Noise, rate: float, std: float, generator: torch.Generator
-) -> tuple[LabelledData, torch.Tensor]:
-    """A copy of ``stream`` with ``rate`` of its samples corrupted, and the corrupted mask.
-
-    ``label``: the label moves to one of the other classes, uniformly (symmetric flips).
-    ``gaussian``: the input gets additive Gaussian noise of ``std`` times the stream's pixel std.
-    """
-    corrupted = torch.zeros(len(stream), dtype=torch.bool)
-    if noise == "none" or rate == 0:
-        return stream, corrupted
-    chosen = torch.randperm(len(stream), generator=generator)[: round(rate * len(stream))]
-    corrupted[chosen] = True
-    x, y = stream.x.clone(), stream.y.clone()
-    if noise == "label":
-        shift = torch.randint(1, stream.num_classes, (len(chosen),), generator=generator)
-        y[chosen] = (y[chosen] + shift) % stream.num_classes
-    else:
-        scale = std * float(stream.x.std())
-        x[chosen] += scale * torch.randn(x[chosen].shape, generator=generator)
-    return LabelledData(stream.name, x, y, stream.num_classes, stream.class_names), corrupted
-
-
-def _noise_stats(kept: torch.Tensor, corrupted: torch.Tensor) -> dict[str, float | None]:
-    """Precision and recall with which the dropped samples are the corrupted ones."""
-    dropped = ~kept
-    hits = int((dropped & corrupted).sum())
-    return {
-        "noise_precision": hits / int(dropped.sum()) if dropped.any() else None,
-        "noise_recall": hits / int(corrupted.sum()) if corrupted.any() else None,
-    }
 
 
 def _gallery(
@@ -336,7 +303,7 @@ class _ArmTrainer:
         }
         corrupted = self.corrupted
         if keep is not None and corrupted.any():
-            record.update(_noise_stats(keep, corrupted))
+            record.update(noise_stats(keep, corrupted))
             if config.noise == "label" and (keep & corrupted).any():
                 # How far the model fit the wrong labels it trained on: memorisation of noise.
                 noisy = keep & corrupted

@@ -275,10 +275,9 @@ def plot_kept_per_class(summary: dict[str, Any], path: Path) -> None:
     ax.set_title(
         f"{summary['dataset']}: what each arm stores, per class (DRIP's rule: {summary['rule']})", fontsize=9
     )
-    ax.legend(fontsize=6, ncol=3, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # the legend below the axes, inside the image
     plt.close(fig)
 
 

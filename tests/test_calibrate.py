@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -61,6 +63,14 @@ def test_search_tries_largest_saving_first_and_stops_at_the_first_pass(searched,
     for t in phase.trials:
         assert t.validation == phase.sizes["validation"]
         assert t.kept == pytest.approx((1 - t.q_high) * t.proxy, abs=0.05 * t.proxy)
+
+
+def test_the_search_sizes_the_upper_cut_only_and_the_lower_cut_reaches_the_thresholds(searched, d0):
+    # D0 is clean: a lower cut on P would only drop its hardest clean samples.
+    strict = training_phase(d0, digits_cnn, TrainConfig(steps=60), q_low=0.2, seed=0, progress=False)
+    assert [t.kept for t in strict.trials] == [t.kept for t in searched.trials][: len(strict.trials)]
+    assert strict.thresholds.q_low == 0.2 and all(low > -math.inf for low in strict.thresholds.low)
+    assert "detectable" in strict.summary()["trials"][0]
 
 
 def test_search_deploys_the_reference_calibrated_on_w(searched):

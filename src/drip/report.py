@@ -550,11 +550,10 @@ def plot_accuracy_vs_saving(summary: dict[str, Any], path: Path) -> None:
     title = f"{summary['dataset']}: accuracy vs storage ({len(summary['seeds'])} seeds, "
     title += f"{summary['budget']} budget"
     title += f", {noise['kind']} noise {noise['rate']:.0%})" if noise["kind"] != "none" else ")"
-    ax.set_title(title + "; black-edged: the Training Phase's band", fontsize=9)
-    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    ax.set_title(title + ";\nblack-edged: the Training Phase's band", fontsize=9)
+    ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))  # off the markers
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

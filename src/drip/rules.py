@@ -41,7 +41,7 @@ DEFAULT_RULE: Rule = "coverage"
 # price of 1% of a clean stream.
 DEFAULT_Q_LOW = 0.01
 # The coverage floor: half an equal share of the store. At q_high 0.5 over 10 balanced classes
-# that is 25% of each class; a class 10x rarer than the average keeps everything.
+# that is 25% of each class; a class 4x rarer than the average keeps everything.
 COVERAGE_SHARE = 0.5
 
 
@@ -83,12 +83,10 @@ def upper_cuts(
     if q_high == 0:
         return [math.inf] * num_classes
     members = [values[classes == c] for c in range(num_classes)]
-    basis = [own if own.size >= min_class_points else values for own in members]
     if rule == "per-class":
-        return [quantile(b, 1 - q_high) for b in basis]
-    pooled = quantile(values, 1 - q_high)
+        return [quantile(own if own.size >= min_class_points else values, 1 - q_high) for own in members]
     if rule == "pooled":
-        return [pooled] * num_classes
+        return [quantile(values, 1 - q_high)] * num_classes
     if rule != "coverage":
         raise ValueError(f"rule: expected one of {RULES}, got {rule!r}")
     counts = np.array([own.size for own in members])

@@ -161,9 +161,10 @@ class Thresholds:
         each class, ``pooled`` of all scores, ``coverage`` of all scores with a floor per class).
         ``low_c`` is the q_low quantile of class c's scores, for every rule: a suspect sample is
         one unusual for its own class. 0 means no cut on that side. A class with fewer than
-        ``min_class_points`` scores takes its quantiles from all scores pooled, as per-class
-        quantiles of a handful of points miss the intended saving badly. ``provenance`` fills
-        the other fields.
+        ``min_class_points`` scores takes its per-class quantiles from all scores pooled, as
+        quantiles of a handful of points miss the intended saving badly (the coverage floor
+        still comes from its own scores; a lower cut needs 1 / q_low scores: ``drip.rules``).
+        ``provenance`` fills the other fields.
         """
         q_high = check_fraction(q_high, "q_high")
         q_low = check_fraction(q_low, "q_low")

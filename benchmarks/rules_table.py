@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
+
+from drip.report import paired_gap
 
 ARMS = (
     "full",
@@ -25,13 +26,6 @@ ARMS = (
 )
 ARMS += ("el2n", "loss-band")
 LEARNER_SIGNALS = ("loss", "margin", "el2n")
-
-
-def paired(summary: dict, arm: str, other: str) -> tuple[float, int, int]:
-    """Mean per-seed difference arm - other in pp, seeds where arm is higher, seeds."""
-    a, o = (summary["arms"][name]["accuracy"]["per_seed"] for name in (arm, other))
-    diffs = [x - y for x, y in zip(a, o)]
-    return 100 * statistics.fmean(diffs), sum(d > 0 for d in diffs), len(diffs)
 
 
 def row(name: str, summary: dict) -> dict:
@@ -49,7 +43,7 @@ def row(name: str, summary: dict) -> dict:
         "accuracy": {arm: arms[arm]["accuracy"]["mean"] for arm in present},
         "std": {arm: arms[arm]["accuracy"]["std"] for arm in present},
         "drip_minus": {
-            other: paired(summary, "drip", other)
+            other: paired_gap(summary, "drip", other)
             for other in ("full", "random", "drip-per-class", *([best] if best else []))
             if other in arms
         },

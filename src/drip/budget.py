@@ -39,6 +39,7 @@ thresholds.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import math
 import numbers
@@ -72,14 +73,15 @@ def water_fill(
     weights = [1.0] * len(supply) if weights is None else [float(w) for w in weights]
     # A class is capped once its proportional share reaches its supply: fill those first.
     order = sorted(range(len(supply)), key=lambda c: supply[c] / weights[c] if weights[c] > 0 else math.inf)
+    # The weight still to share at each rank, summed from the end rather than decremented from the
+    # total: a running difference can round to 0 before the last class.
+    weight_left = list(itertools.accumulate(weights[c] for c in reversed(order)))[::-1]
     shares = [0.0] * len(supply)
     left = float(capacity)
     for rank, c in enumerate(order):
         if weights[c] <= 0:
             continue
-        # Summed afresh, not decremented: a running difference can round to 0 before the last class.
-        weight_left = sum(weights[d] for d in order[rank:])
-        shares[c] = min(float(supply[c]), max(left, 0.0) * weights[c] / weight_left)
+        shares[c] = min(float(supply[c]), max(left, 0.0) * weights[c] / weight_left[rank])
         left -= shares[c]
     return shares
 
@@ -202,6 +204,9 @@ class BudgetedThresholds:
         self.window = _count(window, "window")
         self.frequency_memory = _count(frequency_memory, "frequency_memory")
         self.min_class_points = _count(min_class_points, "min_class_points")
+        # How the rule shares the stream: None (equal shares) under per-class, else each class's
+        # calibrated keep rate; fixed with the thresholds, so derived once.
+        self.keep_rates = None if thresholds.rule == "per-class" else thresholds.keep_rates()
         classes = thresholds.num_classes
         counts = thresholds.counts if sum(thresholds.counts) > 0 else (1,) * classes
         empty = np.empty(0, dtype=np.float32)
@@ -232,10 +237,9 @@ class BudgetedThresholds:
         """How the store is shared between classes: equally under the ``per-class`` rule (as a
         class-balanced buffer), else as the rule shares the calibration stream, each class's
         supply times its calibrated keep rate, so the hard classes get the storage there too."""
-        rates = self.thresholds.keep_rates()
-        if self.thresholds.rule == "per-class" or rates is None:
+        if self.keep_rates is None:
             return None
-        return [s * r for s, r in zip(supply, rates)]
+        return [s * r for s, r in zip(supply, self.keep_rates)]
 
     def _remaining(self, state: BudgetState) -> int:
         """Samples still to come: past the expected end (or with none), as many again as seen."""

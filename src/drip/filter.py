@@ -14,22 +14,11 @@ from typing import Any
 from .errors import DripInputError, DripModelMismatchError
 from .score import DripScorer, ScoredBatch
 from .store import SampleStore
+from .store.rows import check_source
 from .thresholds import ABOVE_HIGH, BELOW_LOW, INSIDE, Thresholds
 from .validation import as_tensor
 
 KEPT, ABOVE, BELOW, STORE_FULL = "kept", "above_high", "below_low", "store_full"
-
-
-def _check_source(source: Any, name: str) -> None:
-    """One sample's id: a string that UTF-8 can encode, or None (what the store accepts)."""
-    if source is None or (type(source) is str and source.isascii()):
-        return
-    if not isinstance(source, str):
-        raise DripInputError(f"{name}: expected a string or None, got {type(source).__name__} {source!r}")
-    try:
-        source.encode("utf-8")
-    except UnicodeEncodeError:
-        raise DripInputError(f"{name}: expected text that UTF-8 can encode, got {source!r}") from None
 
 
 def _check_sources(sources: Any) -> None:
@@ -40,7 +29,7 @@ def _check_sources(sources: Any) -> None:
     if isinstance(sources, (str, bytes)) or not isinstance(sources, Sequence):
         raise DripInputError(f"sources: expected one id (or None) per sample, got {type(sources).__name__}")
     for i, source in enumerate(sources):
-        _check_source(source, f"sources[{i}]")
+        check_source(source, f"sources[{i}]")
 
 
 @dataclass(frozen=True)
@@ -124,7 +113,7 @@ class DripFilter:
 
     def offer(self, x: Any, y: Any, *, source: str | None = None) -> Decision:
         """Decide on one sample ``x`` (no batch dimension) with label ``y``."""
-        _check_source(source, "source")
+        check_source(source)
         tensor = as_tensor(x, "x")
         if tensor.dim() == 0:
             raise DripInputError("x: expected one sample (e.g. (C, H, W)), got a scalar")

@@ -129,7 +129,7 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def _paired(summary: dict[str, Any], arm: str, other: str) -> tuple[float, int, int]:
+def paired_gap(summary: dict[str, Any], arm: str, other: str) -> tuple[float, int, int]:
     """Mean per-seed accuracy difference arm - other (pp), seeds where arm is higher, seeds."""
     diffs = [
         a - o for a, o in zip(summary["accuracy"][arm]["per_seed"], summary["accuracy"][other]["per_seed"])
@@ -138,7 +138,7 @@ def _paired(summary: dict[str, Any], arm: str, other: str) -> tuple[float, int, 
 
 
 def _compare(summary: dict[str, Any], arm: str) -> str:
-    mean, wins, seeds = _paired(summary, "drip", arm)
+    mean, wins, seeds = paired_gap(summary, "drip", arm)
     relation = "above" if mean > 0 else "below" if mean < 0 else "level with"
     return (
         f"DRIP is {relation} {ARM_TITLES.get(arm, arm)} by {abs(mean):.2f} pp on average "
@@ -154,7 +154,7 @@ def headline(summary: dict[str, Any]) -> str:
         f"{100 * accuracy['drip']['mean']:.2f}% test accuracy"
     )
     against = [
-        f"{_paired(summary, 'drip', arm)[0]:+.2f} pp against {ARM_TITLES[arm]}"
+        f"{paired_gap(summary, 'drip', arm)[0]:+.2f} pp against {ARM_TITLES[arm]}"
         + (" at the same storage" if arm == "random" else "")
         for arm in ("full", "random")
         if arm in accuracy

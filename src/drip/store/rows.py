@@ -69,20 +69,22 @@ def _storable_dtype(tensor: torch.Tensor, where: str) -> str:
 # checks cost about 7 us a row, as much as SQLite's insert of the row.
 
 
-def _check_source(source: Any, where: str) -> str | None:
+def check_source(source: Any, name: str = "source") -> str | None:
+    """One sample's id: a string UTF-8 can encode, or None; ``name`` says which in the error.
+    The filter checks every id with it before scoring, the store each id it writes."""
     if source is None or (type(source) is str and source.isascii()):
         return source
     if not isinstance(source, str):
-        raise DripInputError(f"{where}source: expected a string or None, got {type(source).__name__}")
+        raise DripInputError(f"{name}: expected a string or None, got {type(source).__name__} {source!r}")
     if not _is_utf8(source):
-        raise DripInputError(f"{where}source: expected text that UTF-8 can encode, got {source!r}")
+        raise DripInputError(f"{name}: expected text that UTF-8 can encode, got {source!r}")
     return source
 
 
 def _encode(x: Any, label: Any, score: Any, source: Any, where: str) -> _Encoded:
     tensor = as_tensor(x, f"{where}x")
     dtype = _storable_dtype(tensor, where)
-    source = _check_source(source, where)
+    source = check_source(source, f"{where}source")
     data = tensor.detach().cpu().contiguous().reshape(-1)
     return _Encoded(
         label=_check_label(label, where),
@@ -112,7 +114,7 @@ def _encode_batch(xs: torch.Tensor, labels: list, scores: list, sources: list) -
                 shape=shape,
                 dtype=dtype,
                 data=blob[i * size : (i + 1) * size],
-                source=_check_source(source, where),
+                source=check_source(source, f"{where}source"),
             )
         )
     return rows

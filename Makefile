@@ -8,7 +8,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 # spinning OpenMP pool next to any other busy process slowed torch 35-230x.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test lint format bench bench-scorer bench-export bench-mnist bench-rules bench-budget bench-parallel venv clean synth-speech
+.PHONY: demo test lint format bench bench-scorer bench-export bench-mnist bench-rules bench-lifelong bench-budget bench-parallel venv clean synth-speech
 
 venv: $(STAMP)
 
@@ -60,6 +60,11 @@ bench-mnist: $(STAMP)
 # every arm at equal storage, 3 seeds: benchmarks/results/rules/ (hours on 2 cores).
 bench-rules: $(STAMP)
 	bash benchmarks/rules.sh
+
+# drip lifelong against the rehearsal buffers: two scenarios on digits and MNIST, 3 seeds each:
+# benchmarks/results/lifelong/ (about 2 hours on one core).
+bench-lifelong: $(STAMP)
+	bash benchmarks/lifelong.sh
 
 # Adaptive thresholds under a byte budget against fixed ones and the reservoir (about an hour, one thread).
 bench-budget: $(STAMP)

@@ -183,7 +183,12 @@ class KillAfter:
         self._conn, self._left, self.statements = conn, n, []
 
     def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
-        cursor = self._conn.execute(sql, *args)
+        return self._counted(sql, self._conn.execute(sql, *args))
+
+    def executemany(self, sql: str, *args: object) -> sqlite3.Cursor:
+        return self._counted(sql, self._conn.executemany(sql, *args))
+
+    def _counted(self, sql: str, cursor: sqlite3.Cursor) -> sqlite3.Cursor:
         self.statements.append(sql.split()[0])
         self._left -= 1
         if self._left == 0:

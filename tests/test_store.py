@@ -225,6 +225,35 @@ def test_evict_removes_highest_score_of_largest_class(tmp_path):
         assert len(store) == 4
 
 
+def test_rescore_replaces_every_score_and_the_next_eviction_follows_them(tmp_path):
+    with SampleStore(tmp_path / "s.sqlite", capacity_count=3, when_full="evict") as store:
+        ids = store.add_batch(torch.zeros(3, 1), [0, 0, 0], [0.9, 0.5, 0.1], ["a", "b", "c"])
+        store.rescore(dict(zip(ids, [0.1, 0.5, 0.9])), checkpoint=("rescored", "1"))
+        assert [s.score for s in store] == [0.1, 0.5, 0.9]
+        assert store.checkpoint("rescored") == "1"
+        store.add(torch.zeros(1), 0, 0.3, source="d")  # evicts "c", no longer "a"
+        assert sorted(s.source for s in store) == ["a", "b", "d"]
+
+
+@pytest.mark.parametrize(
+    ("scores", "match"),
+    [
+        ({1: 0.2}, "missing ids \\[2\\]"),
+        ({1: 0.2, 2: 0.3, 7: 0.1}, "unknown ids \\[7\\]"),
+        ({1: 0.2, 2: math.nan}, "sample 2: expected a finite score"),
+        ({1: 0.2, "2": 0.3}, "row ids must be integers"),
+    ],
+)
+def test_rescore_refuses_a_partial_or_bad_mapping_and_changes_nothing(tmp_path, scores, match):
+    with SampleStore(tmp_path / "s.sqlite") as store:
+        store.add_batch(torch.zeros(2, 1), [0, 1], [0.5, 0.6])
+        before = snapshot(store)
+        with pytest.raises(DripInputError, match=match):
+            store.rescore(scores, checkpoint=("rescored", "1"))
+        assert snapshot(store) == before
+        assert store.checkpoint("rescored") is None
+
+
 def test_reject_when_full_and_too_large(tmp_path):
     with SampleStore(tmp_path / "s.sqlite", capacity_bytes=40) as store:
         assert store.add(torch.zeros(20), 0) is None  # 80 bytes: never fits

@@ -14,14 +14,14 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import DripError
-from . import calibrate, data, demo, experiment, export, report, score
+from . import calibrate, data, demo, experiment, export, lifelong, report, score
 from . import filter as stream_filter
 from .common import load_model, load_tensors, one_line
 from .data import FETCHABLE
 from .experiment import DATASETS
 
 # In the order `drip --help` lists them.
-COMMANDS = (demo, calibrate, stream_filter, score, export, experiment, report, data)
+COMMANDS = (demo, calibrate, stream_filter, score, export, experiment, lifelong, report, data)
 
 DESCRIPTION = """\
 DRIP keeps only the informative samples of a labelled stream: it scores each sample with the mean

@@ -8,10 +8,12 @@ transactions, inserts rows (in a few statements when no capacity is set) and rea
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -140,13 +142,47 @@ class SampleStore:
                 ids: list[int | None] = list(self._insert_all(rows))
             else:
                 ids = [self._insert(row, evicted) for row in rows]
-            for name, value in checkpoints:
-                self._conn.execute(
-                    "INSERT INTO meta (key, value) VALUES (?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (_CHECKPOINT + name, value),
-                )
+            self._write_checkpoints(checkpoints)
         return [None if row_id in evicted else row_id for row_id in ids]
+
+    def rescore(
+        self,
+        scores: Mapping[int, float],
+        *,
+        checkpoint: tuple[str, str] | Sequence[tuple[str, str]] | None = None,
+    ) -> None:
+        """Replace the scores of stored samples (row id -> score) in one transaction, with
+        ``checkpoint`` as ``add_batch`` writes it.
+
+        Every held sample must get a score: the model that scored them was replaced (a device
+        retrained), and eviction compares scores, so old and new ones must not mix.
+        """
+        checkpoints = _checkpoints(checkpoint)
+        values = []
+        for row_id, score in scores.items():
+            if isinstance(row_id, bool) or not isinstance(row_id, int):
+                raise DripInputError(f"rescore: row ids must be integers, got {row_id!r}")
+            if isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(score):
+                raise DripInputError(f"rescore: sample {row_id}: expected a finite score, got {score!r}")
+            values.append((float(score), row_id))
+        with self._transaction():
+            held = {row[0] for row in self._conn.execute("SELECT id FROM samples")}
+            if held != set(scores):
+                missing, unknown = sorted(held - set(scores)), sorted(set(scores) - held)
+                raise DripInputError(
+                    f"rescore: every stored sample needs a new score and no other: "
+                    f"missing ids {missing[:5]}, unknown ids {unknown[:5]}; nothing changed"
+                )
+            self._conn.executemany("UPDATE samples SET score = ? WHERE id = ?", values)
+            self._write_checkpoints(checkpoints)
+
+    def _write_checkpoints(self, checkpoints: list[tuple[str, str]]) -> None:
+        for name, value in checkpoints:
+            self._conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (_CHECKPOINT + name, value),
+            )
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -1,0 +1,1 @@
+"""drip over a device's life."""

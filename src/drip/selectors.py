@@ -77,37 +77,19 @@ def random_count(total: int, count: int, generator: torch.Generator) -> torch.Te
 def class_balanced_reservoir(labels: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
     """Online class-balanced reservoir sampling (Chrysakis & Moens 2020) with room for ``count``.
 
-    Samples arrive in stream order. While there is room, every sample is stored. When full, a
-    sample of a class that is not the largest replaces a random member of the largest class; a
-    sample of the largest class replaces a random member of its own class with probability
-    stored_c / seen_c (reservoir sampling within the class). Ties between largest classes go to the
-    lowest label. Returns the stored indices, sorted.
+    The stream ``labels: (N,)`` is offered in order, as one batch, to a
+    ``drip.lifelong.buffers.ClassBalancedBuffer`` (its docstring has the rule). Returns the
+    stored indices, sorted; nothing is drawn from ``generator`` when ``count`` <= 0.
     """
+    # Imported on use: the drip.lifelong package may import selectors, and an import at the top
+    # would then make the two a cycle.
+    from .lifelong.buffers import ClassBalancedBuffer
+
     if count <= 0:
         return torch.empty(0, dtype=torch.int64)
-    stored: dict[int, list[int]] = {}
-    seen: dict[int, int] = {}
-    size = 0
-    uniform = torch.rand(len(labels), generator=generator).tolist()
-    picks = torch.rand(len(labels), generator=generator).tolist()
-    for index, label in enumerate(labels.tolist()):
-        seen[label] = seen.get(label, 0) + 1
-        members = stored.setdefault(label, [])
-        if size < count:
-            members.append(index)
-            size += 1
-            continue
-        largest = max(len(m) for m in stored.values())
-        full_classes = [c for c, m in stored.items() if len(m) == largest]
-        if len(members) < largest:
-            victim_class = min(full_classes)
-            victims = stored[victim_class]
-            victims.pop(int(picks[index] * len(victims)))
-            members.append(index)
-        elif uniform[index] < len(members) / seen[label]:
-            members[int(picks[index] * len(members))] = index
-    kept = sorted(i for members in stored.values() for i in members)
-    return torch.tensor(kept, dtype=torch.int64)
+    buffer = ClassBalancedBuffer(count, generator)
+    buffer.offer(range(len(labels)), labels)
+    return torch.tensor(buffer.held(), dtype=torch.int64)
 
 
 def band_keep(

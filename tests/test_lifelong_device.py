@@ -56,21 +56,27 @@ INITIAL = initial()  # before any fork: parent and children share it
 
 
 def device(
-    folder: Path, capacity: int = 120 * SAMPLE_BYTES, training: RoundTraining = TRAINING
+    folder: Path,
+    training: RoundTraining = TRAINING,
+    memory: str = "reservoir",
+    capacity: int = 120 * SAMPLE_BYTES,
 ) -> LifelongDevice:
     model, thresholds = INITIAL
     copy = fresh()
     copy.load_state_dict(model.state_dict())
     copy.eval()
-    return LifelongDevice(folder, fresh, copy, thresholds, D0, capacity, training, seed=3, stream_batch=16)
+    return LifelongDevice(
+        folder, fresh, copy, thresholds, D0, capacity, training, seed=3, memory=memory, stream_batch=16
+    )
 
 
-def live(folder: Path, kill_after: int = 0, rounds: int = 3) -> list[dict]:
-    dev = device(folder)
-    if kill_after:
-        dev.store._conn = KillAfter(dev.store._conn, kill_after)
+def live(folder: Path, memory: str = "reservoir", kill_after: int = 0) -> tuple[list[dict], int]:
+    """Three rounds; with ``kill_after``, SIGKILLed after that many SQL statements. The records
+    and the number of statements run."""
+    dev = device(folder, memory=memory)
+    counter = dev.store._conn = KillAfter(dev.store._conn, kill_after or -1)
     try:
-        return [dev.live_round(r, OFFERED[r], RESERVES[r]) for r in range(rounds)]
+        return [dev.live_round(r, OFFERED[r], RESERVES[r]) for r in range(3)], len(counter.statements)
     finally:
         dev.close()
 
@@ -84,14 +90,15 @@ def final_state(folder: Path) -> tuple:
     )
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> tuple[Path, list[dict]]:
-    folder = tmp_path_factory.mktemp("life")
-    return folder, live(folder)
+@pytest.fixture(scope="module", params=["reservoir", "budget"])
+def uninterrupted(request, tmp_path_factory) -> tuple[Path, list[dict], str, int]:
+    folder = tmp_path_factory.mktemp(f"life-{request.param}")
+    records, statements = live(folder, request.param)
+    return folder, records, request.param, statements
 
 
 def test_each_round_stays_in_budget_and_recalibrates_on_its_new_model(uninterrupted):
-    folder, records = uninterrupted
+    folder, records, _, _ = uninterrupted
     for r, record in enumerate(records):
         assert record["bytes_used"] <= 120 * SAMPLE_BYTES
         model = fresh()
@@ -105,13 +112,13 @@ def test_each_round_stays_in_budget_and_recalibrates_on_its_new_model(uninterrup
 
 
 def test_a_class_that_arrives_late_is_stored(uninterrupted):
-    _, records = uninterrupted
+    _, records, _, _ = uninterrupted
     assert sum(records[0]["stored_per_class"][5:]) == 0
     assert all(n > 0 for n in records[1]["stored_per_class"][5:])
 
 
 def test_stored_samples_carry_the_scores_of_the_latest_model(uninterrupted):
-    folder, _ = uninterrupted
+    folder, _, _, _ = uninterrupted
     model = fresh()
     model.load_state_dict(torch.load(folder / "model-r2.pt", weights_only=True))
     model.eval()
@@ -122,8 +129,8 @@ def test_stored_samples_carry_the_scores_of_the_latest_model(uninterrupted):
 
 
 def test_a_finished_round_is_read_back_not_redone(uninterrupted):
-    folder, records = uninterrupted
-    again = device(folder)
+    folder, records, memory, _ = uninterrupted
+    again = device(folder, memory=memory)
     try:
         assert again.live_round(1, OFFERED[1], RESERVES[1]) == records[1]
         assert (
@@ -134,7 +141,7 @@ def test_a_finished_round_is_read_back_not_redone(uninterrupted):
 
 
 def test_scratch_retraining_starts_from_the_initialisation(tmp_path):
-    dev = device(tmp_path, training=RoundTraining(steps=12, batch_size=32, retrain="scratch"))
+    dev = device(tmp_path, RoundTraining(steps=12, batch_size=32, retrain="scratch"))
     try:
         dev.live_round(0, OFFERED[0], RESERVES[0])
         x, y = dev.training_set()
@@ -147,22 +154,24 @@ def test_scratch_retraining_starts_from_the_initialisation(tmp_path):
         torch.testing.assert_close(state[name], value)
 
 
-# A life of 2,440 statements: round 0's stream ends near 520 (its rescore next), round 1's at 1,690.
-@pytest.mark.parametrize("kill_after", [5, 300, 522, 526, 900, 1690, 2100, 2438])
+@pytest.mark.parametrize("share", [0.001, 0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.999])
 def test_a_device_killed_after_any_statement_resumes_into_the_uninterrupted_life(
-    uninterrupted, tmp_path, kill_after
+    uninterrupted, tmp_path, share
 ):
+    expected, _, memory, statements = uninterrupted
     folder = tmp_path / "killed"
-    assert run_child(lambda: live(folder, kill_after)) == -signal.SIGKILL
+    kill_after = max(1, round(share * statements))
+    assert run_child(lambda: live(folder, memory, kill_after)) == -signal.SIGKILL
     check_sqlite(folder / "store.sqlite")
-    live(folder)
-    assert final_state(folder) == final_state(uninterrupted[0])
+    live(folder, memory)
+    assert final_state(folder) == final_state(expected)
 
 
 def test_a_device_killed_while_it_retrains_resumes_into_the_uninterrupted_life(uninterrupted, tmp_path):
+    expected, _, memory, _ = uninterrupted
     folder = tmp_path / "killed"
     # Killed once round 1's model exists: in its recalibration, rescoring or the next round.
-    code = run_child(lambda: live(folder), kill_when=lambda: (folder / "model-r1.pt").exists())
+    code = run_child(lambda: live(folder, memory), kill_when=lambda: (folder / "model-r1.pt").exists())
     assert code == -signal.SIGKILL
-    live(folder)
-    assert final_state(folder) == final_state(uninterrupted[0])
+    live(folder, memory)
+    assert final_state(folder) == final_state(expected)

@@ -32,6 +32,18 @@ def test_per_class_quantiles_and_pooled_fallback():
     assert kept[100:200].float().mean() == pytest.approx(0.7, abs=0.011)
 
 
+@pytest.mark.parametrize("rule", ["per-class", "pooled", "coverage"])
+def test_a_class_never_seen_in_calibration_has_no_lower_cut(rule):
+    # After a drift a new class scores below every learnt one: a pooled lower cut dropped all of it.
+    rng = np.random.default_rng(1)
+    scores = rng.normal(5, 1, 400)
+    labels = np.repeat([0, 1], 200)
+    t = Thresholds.from_scores(scores, labels, 3, q_high=0.4, q_low=0.05, rule=rule)
+    assert t.low[2] == -math.inf and t.low[0] > -math.inf and t.counts[2] == 0
+    newcomers = torch.tensor(rng.normal(-20, 1, 50))
+    assert t.keep(newcomers, torch.full((50,), 2)).all()
+
+
 def test_lower_cut_and_positions():
     t = Thresholds(low=(1.0, -math.inf), high=(2.0, 3.0))
     position = t.position(torch.tensor([0.5, 1.0, 2.0, 2.5, -100.0, 3.5]), torch.tensor([0, 0, 0, 0, 1, 1]))

@@ -21,7 +21,8 @@ class's lowest share lies. Every rule yields plain per-class bands, so every pat
 bands (``DripFilter``, the ONNX graph's ``keep``, ``drip.parallel``) honours it unchanged. A
 class with fewer than ``min_class_points`` calibration scores takes its other quantiles from all
 scores pooled, as per-class quantiles of a handful of points miss the intended share badly; a
-lower cut needs at least 1 / q_low scores (``lower_cut``).
+lower cut needs at least 1 / q_low scores (``lower_cut``), and a class with no calibration score
+gets none (after a drift it is a class the model has not learnt: all of it scores low).
 """
 
 from __future__ import annotations

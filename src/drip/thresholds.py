@@ -163,7 +163,8 @@ class Thresholds:
         one unusual for its own class. 0 means no cut on that side. A class with fewer than
         ``min_class_points`` scores takes its per-class quantiles from all scores pooled, as
         quantiles of a handful of points miss the intended saving badly (the coverage floor
-        still comes from its own scores; a lower cut needs 1 / q_low scores: ``drip.rules``).
+        still comes from its own scores; a lower cut needs 1 / q_low scores: ``drip.rules``); a
+        class with none has no lower cut.
         ``provenance`` fills the other fields.
         """
         q_high = check_fraction(q_high, "q_high")
@@ -185,9 +186,13 @@ class Thresholds:
         classes = labels_1d.cpu().numpy()
         counts = [int((classes == c).sum()) for c in range(num_classes)]
         pooled = [count < min_class_points for count in counts]
+        # A class with no calibration score gets no lower cut: nothing says what is unusual for
+        # it, and after a drift it is a class the model has not learnt, all of whose samples
+        # score low (a pooled cut dropped every sample of each new class of a class-incremental
+        # MNIST stream).
         low = [
-            lower_cut(values if use_pool else values[classes == c], q_low)
-            for c, use_pool in enumerate(pooled)
+            -math.inf if count == 0 else lower_cut(values if use_pool else values[classes == c], q_low)
+            for c, (count, use_pool) in enumerate(zip(counts, pooled))
         ]
         high = upper_cuts(
             values, classes, num_classes, q_high=q_high, rule=rule, min_class_points=min_class_points

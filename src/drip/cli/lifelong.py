@@ -9,7 +9,7 @@ from .common import add_common, add_rule
 
 LIFELONG_DATASETS = ("digits", "mnist", "speech-commands", "cifar10", "plant-village")
 SCENARIO_NAMES = ("none", "class-incremental", "class-mix", "domain")
-ARM_NAMES = ("drip", "random", "reservoir", "class-balanced", "margin", "unbounded")
+ARM_NAMES = ("drip", "drip-budget", "random", "reservoir", "class-balanced", "margin", "unbounded")
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -2,10 +2,13 @@
 
 Each round the device
 
-1. **streams** the round's samples through a ``BudgetedFilter`` of the current model and
-   thresholds into one durable store of ``capacity_bytes`` (``drip.budget``: the bands move so
-   that the store is full by the round's end, and a full store evicts the most redundant sample
-   of its most represented class, so a class that arrives late still gets stored);
+1. **streams** the round's samples through DRIP's band of the current model and thresholds into
+   one durable store of ``capacity_bytes``. What a full store does is the device's ``memory``:
+   ``reservoir`` (default) keeps the band as calibrated and thins it at random, class-balanced
+   (``drip.lifelong.memory``); ``budget`` tightens the band instead (``drip.budget``: the upper
+   cuts move so that the store is full by the round's end, and a full store evicts the most
+   redundant sample of its most represented class). Either way a class that arrives late gets
+   stored;
 2. **retrains** from the store (and the initial set D0 when it stays on the device) for a fixed
    number of optimiser steps: fine-tuning the current weights, or from the seed's initialisation
    as GDumb does (``retrain="scratch"``);
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,13 +44,17 @@ from ..atomic import write_atomically
 from ..budget import stream_with_budget
 from ..calibrate import calibrate
 from ..errors import DripInputError
+from ..filter import DripFilter
 from ..score import DripScorer, score_in_batches
 from ..store import SampleStore
 from ..thresholds import Thresholds
 from ..train import TrainConfig, fit
+from .memory import ClassBalancedReservoir
 
 Retrain = Literal["fine-tune", "scratch"]
 RETRAINS = ("fine-tune", "scratch")
+Memory = Literal["reservoir", "budget"]
+MEMORIES = ("reservoir", "budget")
 
 
 @dataclass(frozen=True)
@@ -127,9 +135,13 @@ class LifelongDevice:
         training: RoundTraining,
         *,
         seed: int = 0,
+        memory: Memory = "reservoir",
         stream_batch: int = 64,
         progress: bool = False,
     ) -> None:
+        if memory not in MEMORIES:
+            raise DripInputError(f"memory: expected one of {MEMORIES}, got {memory!r}")
+        self.memory = memory
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.fresh_model = fresh_model
@@ -178,18 +190,7 @@ class LifelongDevice:
         self.resume(round_index)
         start = time.perf_counter()
         before = self.thresholds
-        run = stream_with_budget(
-            self.scorer(),
-            before,
-            samples.x,
-            samples.y,
-            self.store,
-            len(samples),
-            batch_size=self.stream_batch,
-            source_prefix=f"r{round_index}",
-            state_name=f"budget:r{round_index}",
-            progress=self.progress,
-        )
+        kept = self._stream(round_index, samples)
         stream_s = time.perf_counter() - start
         model, train_s = self._retrained(round_index)
         thresholds = self._recalibrated(round_index, model, reserve)
@@ -198,17 +199,53 @@ class LifelongDevice:
         record = {
             "round": round_index,
             "offered": len(samples),
-            "kept": int(run.kept.sum()),
+            "kept": kept,
             "bytes_used": self.store.bytes_used,
             "stored_per_class": _per_class(self.store.class_counts(), samples.num_classes),
             "high_calibrated": list(before.high),
             "high_next": list(thresholds.high),
+            "threshold_shift": threshold_shift(before, thresholds),
             "stream_s": stream_s,
             "train_s": train_s,
             "trainings": 1,
         }
         write_atomically(self._path("round", round_index, "json"), (json.dumps(record) + "\n").encode())
         return record
+
+    def _stream(self, round_index: int, samples: Any) -> int:
+        """Offer the round's samples to the store; how many of them it holds afterwards."""
+        prefix = f"r{round_index}"
+        if self.memory == "budget":
+            run = stream_with_budget(
+                self.scorer(),
+                self.thresholds,
+                samples.x,
+                samples.y,
+                self.store,
+                len(samples),
+                batch_size=self.stream_batch,
+                source_prefix=prefix,
+                state_name=f"budget:{prefix}",
+                progress=self.progress,
+            )
+            return int(run.kept.sum())
+        band = DripFilter(self.scorer(), self.thresholds)  # decides; the reservoir stores
+        reservoir = ClassBalancedReservoir(self.store, self.thresholds.num_classes, self.seed)
+        key = f"stream:{prefix}"
+        start = int(self.store.checkpoint(key) or 0)
+        for index in range(start, len(samples), self.stream_batch):
+            stop = min(index + self.stream_batch, len(samples))
+            x, y = samples.x[index:stop], samples.y[index:stop]
+            decisions = band.offer_batch(x, y)
+            reservoir.offer(
+                x,
+                y.tolist(),
+                [d.score for d in decisions],
+                [f"{prefix}:{i}" for i in range(index, stop)],
+                [d.kept for d in decisions],
+                checkpoint=(key, str(stop)),
+            )
+        return sum(1 for source in self.store.sources() if source.startswith(f"{prefix}:"))
 
     def training_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """What the device retrains on: the store, and D0 when it stays on the device."""
@@ -273,6 +310,13 @@ class LifelongDevice:
 
     def close(self) -> None:
         self.store.close()
+
+
+def threshold_shift(before: Thresholds, after: Thresholds) -> float | None:
+    """How far recalibration moved the upper cuts: the mean absolute change over the classes
+    with a finite cut in both (None when there is none)."""
+    pairs = [(b, a) for b, a in zip(before.high, after.high) if math.isfinite(b) and math.isfinite(a)]
+    return sum(abs(a - b) for b, a in pairs) / len(pairs) if pairs else None
 
 
 def _per_class(counts: dict[int, int], num_classes: int) -> list[int]:

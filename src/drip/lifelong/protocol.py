@@ -12,7 +12,9 @@ test samples of every class seen so far (in ``domain``, shifted as the round's i
 
 Arms, all holding at most the same bytes but ``unbounded``:
 
-* ``drip``: ``LifelongDevice``: the budgeted filter into a durable store, recalibrated each round;
+* ``drip``: ``LifelongDevice``: DRIP's band, recalibrated each round, into a durable store whose
+  full state is a class-balanced reservoir of what the band keeps (``drip.lifelong.memory``);
+* ``drip-budget``: the same device whose band tightens to fit the bytes instead (``drip.budget``);
 * ``random``: random admission at the rate that would fill the store within a round, random
   eviction;
 * ``reservoir``: reservoir sampling over the whole life;
@@ -48,6 +50,7 @@ from ..models import build_model
 from ..rules import DEFAULT_Q_LOW, DEFAULT_RULE, RULES
 from ..score import DEFAULT_CAM, DEFAULT_STATISTIC, DEFAULT_TARGET
 from ..selectors import margin_values
+from ..thresholds import Thresholds
 from ..train import TrainConfig, predict_logits
 from ..validation import check_fraction
 from .buffers import (
@@ -62,7 +65,8 @@ from .device import RETRAINS, LifelongDevice, RoundTraining, retrain, round_seed
 from .metrics import summarise
 from .scenarios import SCENARIOS, round_severity, shift_inputs, split_rounds
 
-LIFELONG_ARMS = ("drip", "random", "reservoir", "class-balanced", "margin", "unbounded")
+LIFELONG_ARMS = ("drip", "drip-budget", "random", "reservoir", "class-balanced", "margin", "unbounded")
+DEVICE_MEMORY = {"drip": "reservoir", "drip-budget": "budget"}
 FORMAT = "drip-lifelong"
 VERSION = 1
 
@@ -305,23 +309,26 @@ def run_seed(
     capacity = capacity_bytes // sample_bytes
     admit = min(1.0, capacity / max(len(life.offered[0]), 1))
     training = config.training
-    device = None
-    if "drip" in config.arms:
-        device = LifelongDevice(
-            folder / "drip",
+    devices = {
+        arm: LifelongDevice(
+            folder / arm,
             fresh_model,
-            phase["model"],
+            _copy(phase["model"], fresh_model),
             phase["thresholds"],
             life.d0,
             capacity_bytes,
             training,
             seed=seed,
+            memory=memory,  # type: ignore[arg-type]
             stream_batch=config.stream_batch,
         )
+        for arm, memory in DEVICE_MEMORY.items()
+        if arm in config.arms
+    }
     buffers = {
         arm: _BufferArm(arm, _buffer(arm, capacity, admit, seed), _copy(phase["model"], fresh_model))
         for arm in config.arms
-        if arm != "drip"
+        if arm not in DEVICE_MEMORY
     }
     history_x = torch.cat([o.x for o in life.offered])
     history_y = torch.cat([o.y for o in life.offered])
@@ -345,7 +352,7 @@ def run_seed(
                     r,
                     offset,
                     offered,
-                    device,
+                    devices,
                     buffers,
                     history_x,
                     history_y,
@@ -362,13 +369,14 @@ def run_seed(
                     {"version": VERSION, "config": _config_json(config), "record": record, "states": states}
                 )
                 write_atomically(folder / f"round-r{r}.json", (text + "\n").encode())
-            if device is not None and saved is not None:
-                device.live_round(r, offered, life.reserves[r])  # adopts the round's model
+            if saved is not None:
+                for device in devices.values():
+                    device.live_round(r, offered, life.reserves[r])  # adopts the round's model
             bar.update(len(config.arms))
             rounds.append(record)
             offset += len(offered)
     finally:
-        if device is not None:
+        for device in devices.values():
             device.close()
     return {
         "seed": seed,
@@ -394,7 +402,7 @@ def _live_round(
     r,
     offset,
     offered,
-    device,
+    devices,
     buffers,
     history_x,
     history_y,
@@ -406,14 +414,21 @@ def _live_round(
     test = round_test(config, life, r, seed)
     arms: dict[str, dict[str, Any]] = {}
     for arm in config.arms:
-        if arm == "drip":
-            assert device is not None
-            record = device.live_round(r, offered, life.reserves[r])
-            model = device.model
+        if arm in devices:
+            record = devices[arm].live_round(r, offered, life.reserves[r])
+            model = devices[arm].model
             stored = record["stored_per_class"]
         else:
             record = buffers[arm].live_round(
-                offset, offered, history_x, history_y, life.d0, training, fresh_model, seed, r
+                offset,
+                offered,
+                history_x,
+                history_y,
+                life.d0,
+                training,
+                fresh_model,
+                seed,
+                r,
             )
             model = buffers[arm].model
             counts = buffers[arm].buffer.class_counts()
@@ -469,8 +484,6 @@ def _initial_phase(
     config: LifelongConfig, d0: LabelledData, fresh_model: Any, seed: int, folder: Path, progress: bool
 ) -> dict[str, Any]:
     """The Training Phase on D0 (read back when an earlier run made it)."""
-    from ..thresholds import Thresholds
-
     model_path, thresholds_path = folder / "initial-model.pt", folder / "initial-thresholds.json"
     if model_path.is_file() and thresholds_path.is_file():
         model = fresh_model()

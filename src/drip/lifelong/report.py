@@ -21,7 +21,8 @@ from ..errors import DripInputError
 from .protocol import FORMAT, VERSION
 
 ARM_TITLES = {
-    "drip": "DRIP (budgeted, recalibrated)",
+    "drip": "DRIP (band + class-balanced reservoir)",
+    "drip-budget": "DRIP (band tightened to the budget)",
     "random": "random admission",
     "reservoir": "reservoir",
     "class-balanced": "class-balanced reservoir (GDumb)",
@@ -78,6 +79,11 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             arm: [r["arms"][arm]["stored_per_class"] for r in seeds[0]["rounds"]] for arm in arms
         },
         "classes_seen": [r["classes_seen"] for r in seeds[0]["rounds"]],
+        "threshold_shift": {
+            arm: [r["arms"][arm]["threshold_shift"] for r in seeds[0]["rounds"]]
+            for arm in arms
+            if "threshold_shift" in seeds[0]["rounds"][0]["arms"][arm]
+        },
         "elapsed_s": results["elapsed_s"],
     }
 
@@ -126,6 +132,13 @@ def markdown(summary: dict[str, Any]) -> str:
         for other, gap in summary["gaps"].items():
             cells = [f"{g['mean_pp']:+.2f} ({g['wins']}/{g['seeds']})" for g in gap.values()]
             lines.append(f"| {ARM_TITLES.get(other, other)} | {' | '.join(cells)} |")
+    for arm, shifts in summary["threshold_shift"].items():
+        lines += [
+            "",
+            f"{ARM_TITLES.get(arm, arm)}: recalibration moved the upper cuts by "
+            f"{', '.join('-' if v is None else f'{v:.3g}' for v in shifts)} per round (mean |change| over "
+            "classes, seed 0).",
+        ]
     lines += ["", f"Run time: {summary['elapsed_s'] / 60:.1f} min.", ""]
     return "\n".join(lines)
 

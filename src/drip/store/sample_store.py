@@ -104,6 +104,7 @@ class SampleStore:
         sources: Sequence[str | None] | None = None,
         *,
         checkpoint: tuple[str, str] | Sequence[tuple[str, str]] | None = None,
+        remove: Sequence[int] = (),
     ) -> list[int | None]:
         """Store samples in one transaction; per sample its row id, or None if it is not held.
 
@@ -113,7 +114,12 @@ class SampleStore:
         value)`` is written in the same transaction (read it back with ``checkpoint(name)``): a
         stream reader records how far it got, atomically with what it stored. A list of such
         pairs writes each of them (e.g. a reader's position and the state of adaptive thresholds).
+        ``remove``: ids of stored samples deleted first, in the same transaction (a caller that
+        chooses its own victims, e.g. a reservoir); an id not held is an error and changes nothing.
         """
+        remove = list(dict.fromkeys(remove))
+        if any(isinstance(i, bool) or not isinstance(i, int) for i in remove):
+            raise DripInputError(f"remove: expected row ids (integers), got {remove[:5]!r}")
         batch_tensor = isinstance(xs, torch.Tensor) and xs.dim() > 0
         fast = batch_tensor and xs.layout == torch.strided and not xs.is_quantized
         xs_list = None if fast else _as_list(xs, "xs")
@@ -138,6 +144,7 @@ class SampleStore:
             ]
         evicted: set[int] = set()
         with self._transaction():
+            self._delete(remove)
             if self.capacity_count is None and self.capacity_bytes is None:
                 ids: list[int | None] = list(self._insert_all(rows))
             else:
@@ -175,6 +182,14 @@ class SampleStore:
                 )
             self._conn.executemany("UPDATE samples SET score = ? WHERE id = ?", values)
             self._write_checkpoints(checkpoints)
+
+    def _delete(self, ids: list[int]) -> None:
+        for start in range(0, len(ids), _SQL_VARIABLES):
+            chunk = ids[start : start + _SQL_VARIABLES]
+            marks = ",".join("?" * len(chunk))
+            deleted = self._conn.execute(f"DELETE FROM samples WHERE id IN ({marks})", chunk).rowcount
+            if deleted != len(set(chunk)):
+                raise DripInputError(f"remove: some of the ids {chunk[:5]} are not stored; nothing changed")
 
     def _write_checkpoints(self, checkpoints: list[tuple[str, str]]) -> None:
         for name, value in checkpoints:
@@ -297,6 +312,20 @@ class SampleStore:
         with self._reading():
             rows = self._conn.execute("SELECT label, bytes FROM usage WHERE count > 0").fetchall()
         return {int(label): int(used) for label, used in rows}
+
+    def sources(self) -> list[str]:
+        """The sources of the stored samples that have one, in id order."""
+        with self._reading():
+            rows = self._conn.execute("SELECT source FROM samples WHERE source IS NOT NULL ORDER BY id")
+            return [row[0] for row in rows]
+
+    def ids_by_label(self) -> dict[int, list[int]]:
+        """Row ids held per label, in id order (labels with none are absent)."""
+        members: dict[int, list[int]] = {}
+        with self._reading():
+            for row_id, label in self._conn.execute("SELECT id, label FROM samples ORDER BY id"):
+                members.setdefault(int(label), []).append(int(row_id))
+        return members
 
     def top_scores(self) -> dict[int, float]:
         """The highest score held per label (what eviction removes first of that label); labels

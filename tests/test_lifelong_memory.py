@@ -1,0 +1,127 @@
+"""The durable class-balanced reservoir: within the bytes, balanced, random within a class, the
+same store whatever the batch cuts, and what the band drops never stored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import snapshot
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from drip.errors import DripInputError
+from drip.lifelong.memory import ClassBalancedReservoir
+from drip.store import SampleStore
+
+SAMPLE_BYTES = 2 * 4  # two float32
+
+
+def stream(labels: list[int], inside: list[bool], path, capacity: int, batch: int, seed: int = 0) -> list:
+    """Offer ``labels`` (with band decisions ``inside``) in batches of ``batch``; the sources held."""
+    with SampleStore(path, capacity_bytes=capacity) as store:
+        reservoir = ClassBalancedReservoir(store, 4, seed)
+        for start in range(0, len(labels), batch):
+            stop = min(start + batch, len(labels))
+            x = torch.arange(start, stop, dtype=torch.float32)[:, None].repeat(1, 2)
+            reservoir.offer(
+                x,
+                labels[start:stop],
+                [0.0] * (stop - start),
+                [f"s{i}" for i in range(start, stop)],
+                inside[start:stop],
+            )
+            assert store.bytes_used <= capacity
+        return sorted(store.sources(), key=lambda s: int(s[1:]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    labels=st.lists(st.integers(0, 3), min_size=1, max_size=120),
+    data=st.data(),
+    slots=st.integers(0, 25),
+    batch=st.integers(1, 30),
+)
+def test_the_store_is_the_same_whatever_the_batch_cuts_and_never_holds_a_dropped_sample(
+    tmp_path_factory, labels, data, slots, batch
+):
+    inside = data.draw(st.lists(st.booleans(), min_size=len(labels), max_size=len(labels)))
+    folder = tmp_path_factory.mktemp("reservoir")
+    one_by_one = stream(labels, inside, folder / "a.sqlite", slots * SAMPLE_BYTES, 1)
+    batched = stream(labels, inside, folder / "b.sqlite", slots * SAMPLE_BYTES, batch)
+    assert batched == one_by_one
+    assert all(inside[int(source[1:])] for source in batched)
+    assert len(batched) == min(slots, sum(inside))
+
+
+def held_per_class(sources: list[str], labels: list[int]) -> list[int]:
+    counts = [0] * 4
+    for source in sources:
+        counts[labels[int(source[1:])]] += 1
+    return counts
+
+
+def test_a_full_store_is_class_balanced_and_keeps_all_of_a_rare_class(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.multinomial(torch.tensor([0.6, 0.3, 0.097, 0.003]), 2000, True, generator=generator).tolist()
+    labels[-3:] = [3, 3, 3]  # the rare class arrives late too
+    held = held_per_class(
+        stream(labels, [True] * len(labels), tmp_path / "s.sqlite", 60 * SAMPLE_BYTES, 64), labels
+    )
+    rare = labels.count(3)
+    assert held[3] == rare < 15
+    largest = [n for n in held[:3]]
+    assert sum(held) == 60 and max(largest) - min(largest) <= 1
+
+
+def test_within_a_class_every_sample_is_held_with_the_same_chance(tmp_path):
+    # Reservoir sampling: 10 of 100 samples of one class, each with probability 1/10 whatever its
+    # place in the stream. Over 300 seeds the first and the second half are held equally often:
+    # each half's count is binomial(300 * 50, 0.1) (sd about 37 around 1500).
+    first = second = 0
+    for seed in range(300):
+        with SampleStore(tmp_path / f"s{seed}.sqlite", capacity_bytes=10 * SAMPLE_BYTES) as store:
+            reservoir = ClassBalancedReservoir(store, 1, seed)
+            reservoir.offer(
+                torch.zeros(100, 2), [0] * 100, [0.0] * 100, [f"s{i}" for i in range(100)], [True] * 100
+            )
+            held = [int(s[1:]) for s in store.sources()]
+        first += sum(i < 50 for i in held)
+        second += sum(i >= 50 for i in held)
+    assert first + second == 3000
+    assert abs(first - second) < 6 * 37 * 2**0.5
+
+
+def test_a_reopened_store_goes_on_counting_where_it_stopped(tmp_path):
+    labels = [0] * 40
+    whole = stream(labels, [True] * 40, tmp_path / "whole.sqlite", 5 * SAMPLE_BYTES, 40)
+    path = tmp_path / "split.sqlite"
+    for start in (0, 20):
+        with SampleStore(path, capacity_bytes=5 * SAMPLE_BYTES) as store:
+            x = torch.arange(start, start + 20, dtype=torch.float32)[:, None].repeat(1, 2)
+            sources = [f"s{i}" for i in range(start, start + 20)]
+            ClassBalancedReservoir(store, 4, 0).offer(x, labels[:20], [0.0] * 20, sources, [True] * 20)
+    with SampleStore(path) as store:
+        assert sorted(store.sources(), key=lambda s: int(s[1:])) == whole
+
+
+def test_a_reservoir_needs_a_byte_capacity_and_samples_of_one_size(tmp_path):
+    with SampleStore(tmp_path / "a.sqlite") as store, pytest.raises(DripInputError, match="capacity_bytes"):
+        ClassBalancedReservoir(store, 2, 0)
+    with SampleStore(tmp_path / "b.sqlite", capacity_bytes=100) as store:
+        store.add(torch.zeros(3), 0)
+        before = snapshot(store)
+        with pytest.raises(DripInputError, match="other sizes"):
+            ClassBalancedReservoir(store, 2, 0).offer(torch.zeros(1, 2), [1], [0.0], ["s"], [True])
+        assert snapshot(store) == before
+
+
+def test_add_batch_removes_the_given_ids_in_its_transaction_or_changes_nothing(tmp_path):
+    with SampleStore(tmp_path / "s.sqlite", capacity_count=2) as store:
+        ids = store.add_batch(torch.zeros(2, 1), [0, 1], sources=["a", "b"])
+        store.add_batch(torch.ones(1, 1), [1], sources=["c"], remove=[ids[0]], checkpoint=("at", "1"))
+        assert store.sources() == ["b", "c"] and store.checkpoint("at") == "1"
+        assert store.ids_by_label() == {1: [ids[1], ids[1] + 1]}
+        before = snapshot(store)
+        with pytest.raises(DripInputError, match="not stored"):
+            store.add_batch(torch.ones(1, 1), [0], sources=["d"], remove=[ids[0]], checkpoint=("at", "2"))
+        assert snapshot(store) == before and store.checkpoint("at") == "1"

@@ -61,8 +61,8 @@ bench-mnist: $(STAMP)
 bench-rules: $(STAMP)
 	bash benchmarks/rules.sh
 
-# drip lifelong against the rehearsal buffers: two scenarios on digits and MNIST, 3 seeds each:
-# benchmarks/results/lifelong/ (about 2 hours on one core).
+# drip lifelong against the rehearsal buffers: three scenarios on digits and MNIST, a 5% store, and
+# synthetic speech, 3 seeds each: benchmarks/results/lifelong/ (about 3 hours on one core).
 bench-lifelong: $(STAMP)
 	bash benchmarks/lifelong.sh
 

@@ -62,7 +62,9 @@ def held_per_class(sources: list[str], labels: list[int]) -> list[int]:
 
 def test_a_full_store_is_class_balanced_and_keeps_all_of_a_rare_class(tmp_path):
     generator = torch.Generator().manual_seed(0)
-    labels = torch.multinomial(torch.tensor([0.6, 0.3, 0.097, 0.003]), 2000, True, generator=generator).tolist()
+    labels = torch.multinomial(
+        torch.tensor([0.6, 0.3, 0.097, 0.003]), 2000, True, generator=generator
+    ).tolist()
     labels[-3:] = [3, 3, 3]  # the rare class arrives late too
     held = held_per_class(
         stream(labels, [True] * len(labels), tmp_path / "s.sqlite", 60 * SAMPLE_BYTES, 64), labels

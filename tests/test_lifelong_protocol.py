@@ -4,14 +4,14 @@ never stored, tests on the classes seen so far, resume of finished rounds, the r
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 
 import pytest
-import torch
 from test_durability import run_child
 
-from drip.cli import main
 from drip.cli import lifelong as cli_lifelong
+from drip.cli import main
 from drip.data import load_digits
 from drip.errors import DripInputError
 from drip.lifelong import protocol, scenarios
@@ -105,6 +105,17 @@ def test_a_run_with_another_configuration_is_refused(run):
         run_lifelong(other, DATA, out, progress=False)
 
 
+def test_a_run_with_more_seeds_resumes_the_seeds_done(run, tmp_path):
+    out, expected = run
+    more = tmp_path / "more"
+    shutil.copytree(out / "seed0", more / "seed0")
+    stamps = {p: p.stat().st_mtime_ns for p in (more / "seed0").glob("round-r*.json")}
+    results = run_lifelong(LifelongConfig(**{**CONFIG.__dict__, "seeds": 2}), DATA, more, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # seed 0 read back, not rerun
+    assert without_timings(results["seeds"][0]) == without_timings(expected["seeds"][0])
+    assert len(results["seeds"]) == 2
+
+
 def test_forgetting_is_best_earlier_minus_final_over_classes_seen_before():
     rounds = [{"0": 0.9}, {"0": 0.7, "1": 0.8}, {"0": 0.6, "1": 0.9, "2": 0.5}]
     assert forgetting(rounds) == pytest.approx(((0.9 - 0.6) + (0.8 - 0.9)) / 2)
@@ -124,7 +135,12 @@ def test_the_report_writes_its_table_and_plots(run):
 
 
 def test_bad_settings_are_refused():
-    for bad in ({"scenario": "seasons"}, {"arms": ("drip", "oracle")}, {"budget_fraction": 0.0}, {"rounds": 0}):
+    for bad in (
+        {"scenario": "seasons"},
+        {"arms": ("drip", "oracle")},
+        {"budget_fraction": 0.0},
+        {"rounds": 0},
+    ):
         with pytest.raises(DripInputError):
             LifelongConfig(**bad)
 
@@ -137,9 +153,18 @@ def test_the_cli_offers_exactly_the_library_names():
 def test_drip_lifelong_runs_and_reports(tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["lifelong", "--dataset", "digits", "--rounds", "2", "--seeds", "1", "--steps", "20"]
-    argv += ["--round-steps", "5", "--q-high", "0.4", "--arms", "drip", "reservoir", "--out", str(out), "--quiet"]
+    argv += ["--round-steps", "5", "--q-high", "0.4", "--arms", "drip", "reservoir"]
+    argv += ["--out", str(out), "--quiet"]
     assert main(argv) == 0
     assert "DRIP minus each arm" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["arms"] == ["drip", "reservoir"]
     assert (out / "accuracy_over_rounds.png").is_file()
+
+
+def test_drip_report_rerenders_a_lifelong_run(run, capsys):
+    out, _ = run
+    (out / "summary.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert "DRIP minus each arm" in capsys.readouterr().out
+    assert "DRIP minus each arm" in (out / "summary.md").read_text()

@@ -20,10 +20,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "reservoir, class-balanced (GDumb) and other buffers at the same bytes",
         description="Per seed: the Training Phase on D0, then the stream in rounds under a drift "
         "scenario. Each round every arm stores what it chooses within the same bytes (DRIP: its "
-        "budgeted filter into a durable store), retrains its model with the same optimiser steps, "
-        "and is tested on the classes seen so far; DRIP then recalibrates on a reserve held back "
-        "from the round. Each finished round is saved at once: rerunning an interrupted command "
-        "resumes it. Writes results.json, summary.json, summary.md and plots to OUT.",
+        "band into a durable store, thinned class-balanced once full), retrains its model with the "
+        "same optimiser steps, and is tested on the classes seen so far; DRIP then recalibrates on "
+        "a reserve held back from the round. Each finished round is saved at once: rerunning an "
+        "interrupted command resumes it, and a run with more --seeds reuses the seeds done. Writes "
+        "results.json, summary.json, summary.md and plots to OUT.",
     )
     lifelong.add_argument("--dataset", required=True, choices=LIFELONG_DATASETS)
     lifelong.add_argument(

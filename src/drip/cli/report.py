@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from .common import add_common
@@ -13,16 +14,35 @@ def register(commands: argparse._SubParsersAction) -> None:
     report = commands.add_parser(
         "report",
         help="re-render summary.md, summary.json and the plots from a run's results.json",
-        description="Reads RUN/results.json alone and rewrites summary.md, summary.json and the PNG plots.",
+        description="Reads RUN/results.json alone and rewrites summary.md, summary.json and the PNG "
+        "plots (of drip experiment, drip demo or drip lifelong, as the file says).",
     )
-    report.add_argument("run", type=Path, help="a folder written by drip experiment or drip demo")
+    report.add_argument(
+        "run", type=Path, help="a folder written by drip experiment, drip demo or drip lifelong"
+    )
     add_common(report)
     report.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..lifelong import report as lifelong
+    from ..lifelong.protocol import FORMAT as LIFELONG
+
+    path = args.run / "results.json"
+    if _format(path) == LIFELONG:
+        print(lifelong.markdown(lifelong.write_report(lifelong.load_results(path), args.run)))
+        return 0
     from ..report import load_results, markdown, write_report
 
-    results = load_results(args.run / "results.json")
-    print(markdown(write_report(results, args.run)))
+    print(markdown(write_report(load_results(path), args.run)))
     return 0
+
+
+def _format(path: Path) -> str | None:
+    """The ``format`` a results file declares (None when it declares none or is unreadable: the
+    experiment's loader then says what is wrong)."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return results.get("format") if isinstance(results, dict) else None

@@ -158,6 +158,7 @@ def plot_accuracy(summary: dict[str, Any], path: Path) -> None:
         style = {"lw": 2.6, "color": "black"} if arm == "drip" else {"lw": 1.4}
         (line,) = ax.plot(rounds, mean, marker="o", ms=3.5, label=ARM_TITLES.get(arm, arm), **style)
         ax.fill_between(rounds, mean - std, mean + std, color=line.get_color(), alpha=0.12)
+    ax.set_xticks(np.arange(1, len(mean) + 1))
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy on the classes seen so far (%)")
     ax.set_title(

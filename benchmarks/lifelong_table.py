@@ -27,6 +27,7 @@ def row(name: str, summary: dict) -> dict:
         "run": name,
         "dataset": config["dataset"],
         "scenario": config["scenario"],
+        "retrain": f"{config['retrain']}, {config['round_steps']} steps",
         "budget_fraction": config["budget_fraction"],
         "seeds": summary["seeds"],
         "average_accuracy": {arm: arms[arm]["average_accuracy"]["mean"] for arm in ARMS if arm in arms},
@@ -43,7 +44,8 @@ def _gap(gap: dict) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ["run", "bytes", *ARMS, "DRIP - class-balanced (avg)", "DRIP - unbounded (final)"]
+    head = ["run", "bytes", "retraining per round", *ARMS]
+    head += ["DRIP - class-balanced (avg)", "DRIP - unbounded (final)"]
     lines = [
         "Average accuracy over rounds (%), mean of the seeds; DRIP's paired gaps in pp with the seeds "
         "it was higher in; in bold the best arm at the same bytes. "
@@ -51,7 +53,7 @@ def markdown(rows: list[dict]) -> str:
         f"DRIP - unbounded >= -{UNBOUNDED_SHORTFALL_PP} pp on final accuracy (a mark: met).",
         "",
         "| " + " | ".join(head) + " |",
-        "|---|--:|" + "--:|" * (len(ARMS) + 2),
+        "|---|--:|---|" + "--:|" * (len(ARMS) + 2),
     ]
     for r in rows:
         best = max(v for arm, v in r["average_accuracy"].items() if arm != "unbounded")
@@ -62,7 +64,7 @@ def markdown(rows: list[dict]) -> str:
             cells.append(f"**{text}**" if value == best else text)
         buffer = _gap(r["drip_minus_class_balanced_average"]) + (" ✓" if r["beats_buffer_by_margin"] else "")
         unbounded = _gap(r["drip_minus_unbounded_final"]) + (" ✓" if r["final_near_unbounded"] else "")
-        run = f"{r['dataset']} {r['scenario']} | {r['budget_fraction']:.0%}"
+        run = f"{r['dataset']} {r['scenario']} | {r['budget_fraction']:.0%} | {r['retrain']}"
         lines.append(f"| {run} | " + " | ".join(cells) + f" | {buffer} | {unbounded} |")
     return "\n".join(lines) + "\n"
 

@@ -608,13 +608,19 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Any]:
     return summary
 
 
-def load_results(path: Path) -> dict[str, Any]:
-    """Read a ``results.json`` written by ``drip.experiment``; another format or version is an error."""
+def read_results(path: Path) -> tuple[Any, tuple[Any, Any] | None]:
+    """A ``results.json``'s content and the (format, version) it declares (None: not an object)."""
     try:
         results = json.loads(Path(path).read_text())
     except (OSError, ValueError, RecursionError) as err:
         raise DripInputError(f"{path}: cannot read results: {err}") from None
     found = (results.get("format"), results.get("version")) if isinstance(results, dict) else None
+    return results, found
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """Read a ``results.json`` written by ``drip.experiment``; another format or version is an error."""
+    results, found = read_results(path)
     if found is None or found[0] != "drip-results" or found[1] not in READABLE_VERSIONS:
         raise DripInputError(
             f"{path}: expected drip results version {RESULTS_VERSION}, got {found!r}; rerun the experiment"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .common import add_common
@@ -27,22 +26,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..lifelong import report as lifelong
     from ..lifelong.protocol import FORMAT as LIFELONG
+    from ..report import load_results, markdown, read_results, write_report
 
     path = args.run / "results.json"
-    if _format(path) == LIFELONG:
+    _, found = read_results(path)
+    if found is not None and found[0] == LIFELONG:
         print(lifelong.markdown(lifelong.write_report(lifelong.load_results(path), args.run)))
-        return 0
-    from ..report import load_results, markdown, write_report
-
-    print(markdown(write_report(load_results(path), args.run)))
+    else:
+        print(markdown(write_report(load_results(path), args.run)))
     return 0
-
-
-def _format(path: Path) -> str | None:
-    """The ``format`` a results file declares (None when it declares none or is unreadable: the
-    experiment's loader then says what is wrong)."""
-    try:
-        results = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):
-        return None
-    return results.get("format") if isinstance(results, dict) else None

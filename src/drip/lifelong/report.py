@@ -217,11 +217,9 @@ def write_report(results: dict[str, Any], out: Path) -> dict[str, Any]:
 
 def load_results(path: Path) -> dict[str, Any]:
     """A lifelong ``results.json``; another format or version is an error."""
-    try:
-        results = json.loads(Path(path).read_text())
-    except (OSError, ValueError, RecursionError) as err:
-        raise DripInputError(f"{path}: cannot read lifelong results: {err}") from None
-    found = (results.get("format"), results.get("version")) if isinstance(results, dict) else None
+    from ..report import read_results
+
+    results, found = read_results(path)
     if found != (FORMAT, VERSION):
         raise DripInputError(f"{path}: expected {FORMAT} results version {VERSION}, got {found!r}")
     return results

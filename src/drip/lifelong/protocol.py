@@ -32,6 +32,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,24 @@ def _buffer(arm: str, capacity: int, admit: float, seed: int) -> Buffer:
     return UnboundedBuffer()
 
 
+@dataclass(frozen=True)
+class _Shared:
+    """What every arm's round of one seed's life shares: the life, its samples in order of
+    arrival (buffers hold indices into them), the retraining and the model's initialisation."""
+
+    config: LifelongConfig
+    life: Life
+    seed: int
+    fresh_model: Callable[[], nn.Module]
+    history_x: torch.Tensor
+    history_y: torch.Tensor
+    sample_bytes: int
+
+    @property
+    def training(self) -> RoundTraining:
+        return self.config.training
+
+
 class _BufferArm:
     """A rehearsal buffer and the model it retrains each round; the samples it can hold are the
     life's offered samples so far, by their index over the life."""
@@ -237,17 +256,10 @@ class _BufferArm:
         return (-margin_values(predict_logits(self.model, x), y)).tolist()
 
     def live_round(
-        self,
-        offset: int,
-        offered: LabelledData,
-        history_x: torch.Tensor,
-        history_y: torch.Tensor,
-        d0: LabelledData,
-        training: RoundTraining,
-        fresh_model: Any,
-        seed: int,
-        round_index: int,
+        self, shared: _Shared, round_index: int, offset: int, offered: LabelledData
     ) -> dict[str, Any]:
+        """Offer round ``round_index``'s samples (life indices from ``offset``), then retrain."""
+        history_x, history_y, training = shared.history_x, shared.history_y, shared.training
         start = time.perf_counter()
         indices = list(range(offset, offset + len(offered)))
         priorities = None
@@ -262,14 +274,14 @@ class _BufferArm:
         held = self.buffer.held()
         x, y = history_x[held], history_y[held]
         if training.keep_initial:
-            x, y = torch.cat([d0.x, x]), torch.cat([d0.y, y])
+            x, y = torch.cat([shared.life.d0.x, x]), torch.cat([shared.life.d0.y, y])
         self.model, train_s = retrain(
             self.model,
-            fresh_model,
+            shared.fresh_model,
             x,
             y,
             training,
-            round_seed(seed, round_index),
+            round_seed(shared.seed, round_index),
             desc=f"round {round_index}: {self.arm}",
         )
         return {"stream_s": stream_s, "train_s": train_s, "trainings": 1, "stored": len(held)}
@@ -330,8 +342,15 @@ def run_seed(
         for arm in config.arms
         if arm not in DEVICE_MEMORY
     }
-    history_x = torch.cat([o.x for o in life.offered])
-    history_y = torch.cat([o.y for o in life.offered])
+    shared = _Shared(
+        config,
+        life,
+        seed,
+        fresh_model,
+        torch.cat([o.x for o in life.offered]),
+        torch.cat([o.y for o in life.offered]),
+        sample_bytes,
+    )
     rounds: list[dict[str, Any]] = []
     offset = 0
     try:
@@ -346,21 +365,7 @@ def run_seed(
                     buffers[arm].model.load_state_dict(state)
                     buffers[arm].model.eval()
             else:
-                record = _live_round(
-                    config,
-                    life,
-                    r,
-                    offset,
-                    offered,
-                    devices,
-                    buffers,
-                    history_x,
-                    history_y,
-                    training,
-                    fresh_model,
-                    seed,
-                    sample_bytes,
-                )
+                record = _live_round(shared, devices, buffers, r, offset, offered)
                 write_atomically(
                     folder / f"models-r{r}.pt", _state_bytes({a: b.model for a, b in buffers.items()})
                 )
@@ -397,21 +402,16 @@ def run_seed(
 
 
 def _live_round(
-    config,
-    life,
-    r,
-    offset,
-    offered,
-    devices,
-    buffers,
-    history_x,
-    history_y,
-    training,
-    fresh_model,
-    seed,
-    sample_bytes,
+    shared: _Shared,
+    devices: dict[str, LifelongDevice],
+    buffers: dict[str, _BufferArm],
+    r: int,
+    offset: int,
+    offered: LabelledData,
 ) -> dict[str, Any]:
-    test = round_test(config, life, r, seed)
+    """Round ``r`` of every arm, each tested after it on the classes seen so far: its record."""
+    config, life = shared.config, shared.life
+    test = round_test(config, life, r, shared.seed)
     arms: dict[str, dict[str, Any]] = {}
     for arm in config.arms:
         if arm in devices:
@@ -419,17 +419,7 @@ def _live_round(
             model = devices[arm].model
             stored = record["stored_per_class"]
         else:
-            record = buffers[arm].live_round(
-                offset,
-                offered,
-                history_x,
-                history_y,
-                life.d0,
-                training,
-                fresh_model,
-                seed,
-                r,
-            )
+            record = buffers[arm].live_round(shared, r, offset, offered)
             model = buffers[arm].model
             counts = buffers[arm].buffer.class_counts()
             stored = [counts.get(c, 0) for c in range(life.test.num_classes)]
@@ -440,7 +430,7 @@ def _live_round(
             "accuracy": right / len(test),
             "class_accuracy": {str(c): acc for c, acc in per_class.items()},
             "stored_per_class": stored,
-            "bytes": sum(stored) * sample_bytes,
+            "bytes": sum(stored) * shared.sample_bytes,
         }
     return {
         "round": r,

@@ -371,7 +371,12 @@ def run_seed(
                 )
                 states = {"buffers": {arm: b.buffer.state_dict() for arm, b in buffers.items()}}
                 text = json.dumps(
-                    {"version": VERSION, "config": _seed_config(config), "record": record, "states": states}
+                    {
+                        "version": VERSION,
+                        "config": _seed_config(_config_json(config)),
+                        "record": record,
+                        "states": states,
+                    }
                 )
                 write_atomically(folder / f"round-r{r}.json", (text + "\n").encode())
             if saved is not None:
@@ -455,10 +460,10 @@ def _config_json(config: LifelongConfig) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(config)))
 
 
-def _seed_config(config: LifelongConfig) -> dict[str, Any]:
-    """What one seed's life depends on: everything but how many seeds the run has, so that a run
-    with more seeds resumes the seeds an earlier run finished."""
-    return {k: v for k, v in _config_json(config).items() if k != "seeds"}
+def _seed_config(config: dict[str, Any]) -> dict[str, Any]:
+    """What one seed's life depends on, of a run's ``config`` (as JSON): everything but how many
+    seeds the run has, so that a run with more seeds resumes the seeds an earlier run finished."""
+    return {k: v for k, v in config.items() if k != "seeds"}
 
 
 def _finished_round(folder: Path, r: int, config: LifelongConfig) -> tuple[dict, dict] | None:
@@ -468,8 +473,7 @@ def _finished_round(folder: Path, r: int, config: LifelongConfig) -> tuple[dict,
     saved = json.loads(path.read_text())
     if saved.get("version") != VERSION:
         return None
-    written = {k: v for k, v in saved.get("config", {}).items() if k != "seeds"}  # older files hold it
-    if written != _seed_config(config):
+    if _seed_config(saved.get("config", {})) != _seed_config(_config_json(config)):
         raise DripInputError(
             f"{folder.parent}: holds a lifelong run with another configuration; use another --out "
             "folder, or delete this one to start over"

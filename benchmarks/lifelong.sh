@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The lifelong evidence of docs/lifelong.md: DRIP's device against the rehearsal buffers, every arm
 # at the same bytes and optimiser steps per round, 3 seeds each. Measured on one core of this
-# machine: about 2.5 minutes per digits run (5 with 600 steps), 15 per MNIST run and 100 for the speech run.
+# machine: about 2 minutes per digits run (6 with 600 steps), 13-18 per MNIST run, and 35 per
+# seed of the speech run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=PASSIVE

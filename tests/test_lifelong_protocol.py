@@ -109,6 +109,10 @@ def test_a_run_with_more_seeds_resumes_the_seeds_done(run, tmp_path):
     out, expected = run
     more = tmp_path / "more"
     shutil.copytree(out / "seed0", more / "seed0")
+    for path in (more / "seed0").glob("round-r*.json"):  # as files written before held it
+        saved = json.loads(path.read_text())
+        saved["config"]["seeds"] = 1
+        path.write_text(json.dumps(saved))
     stamps = {p: p.stat().st_mtime_ns for p in (more / "seed0").glob("round-r*.json")}
     results = run_lifelong(LifelongConfig(**{**CONFIG.__dict__, "seeds": 2}), DATA, more, progress=False)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # seed 0 read back, not rerun

@@ -139,7 +139,12 @@ def markdown(summary: dict[str, Any]) -> str:
             f"{', '.join('-' if v is None else f'{v:.3g}' for v in shifts)} per round (mean |change| over "
             "classes, seed 0).",
         ]
-    lines += ["", f"Run time: {summary['elapsed_s'] / 60:.1f} min.", ""]
+    lines += [
+        "",
+        f"Run time: {summary['elapsed_s'] / 60:.1f} min (of the command that wrote this; rounds an "
+        "earlier run saved are read back, not rerun).",
+        "",
+    ]
     return "\n".join(lines)
 
 

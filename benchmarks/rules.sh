@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
-# The selection-rule evidence of docs/experiments.md: every arm (DRIP at its default rule, one arm
-# per rule, the paper's score, the controls at DRIP's count) on each regime, 3 seeds, then one
-# table of them all (benchmarks/rules_table.py). About 2.5 hours on one core per regime pair.
+# The selection-rule evidence of docs/experiments.md. First what the Training Phase's band search
+# sees (benchmarks/band_search_study.py: every candidate of the search, P at 20% and 64% of D0,
+# the default and the paper's rule), then DRIP at its default rule, one arm per other rule and the
+# controls at DRIP's count on each regime, 3 seeds, and one table of them all
+# (benchmarks/rules_table.py). About 15 minutes per regime on one core; one thread per run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=PASSIVE
 drip=.venv/bin/drip
-arms=(full drip drip-paper drip-per-class drip-pooled drip-coverage random reservoir loss margin el2n loss-band)
+python=.venv/bin/python
+arms=(full drip drip-per-class drip-pooled random margin)
 run() { $drip experiment --sweep none --arms "${arms[@]}" --quiet "$@"; }
 
 $drip data fetch mnist
+$python benchmarks/band_search_study.py --dataset mnist --difficulty graded --seeds 4 --out runs/band-search/mnist-graded.json
+$python benchmarks/band_search_study.py --dataset mnist --out runs/band-search/mnist.json
+$python benchmarks/band_search_table.py runs/band-search/*.json --out benchmarks/results/rules
+
+[ -d runs/data/speech-commands-synth ] || $drip data synth-speech-commands --out runs/data/speech-commands-synth
 run --dataset digits --out runs/rules/digits
 run --dataset mnist --out runs/rules/mnist
 run --dataset mnist --pool-limit 10000 --out runs/rules/mnist-10k
 run --dataset mnist --difficulty graded --out runs/rules/mnist-graded
 run --dataset mnist --imbalance 10 --out runs/rules/mnist-lt10
 run --dataset mnist --noise label --noise-rate 0.2 --out runs/rules/mnist-label20
-.venv/bin/python benchmarks/rules_table.py runs/rules/* --out benchmarks/results/rules
+run --dataset speech-commands --data-dir runs/data/speech-commands-synth --steps 400 \
+    --out runs/rules/speech-commands-synth
+$python benchmarks/rules_table.py runs/rules/* --out benchmarks/results/rules

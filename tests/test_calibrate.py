@@ -65,6 +65,13 @@ def test_search_tries_largest_saving_first_and_stops_at_the_first_pass(searched,
         assert t.kept == pytest.approx((1 - t.q_high) * t.proxy, abs=0.05 * t.proxy)
 
 
+def test_a_candidate_of_the_default_search_trains_mostly_on_what_its_band_selected(searched):
+    # As the deployed model will: the stream is several times D0, so most of its retraining set is
+    # the band's selection; a trial that dilutes it in D0_train barely sees the rule (graded MNIST).
+    first = searched.trials[0]
+    assert first.kept / (searched.sizes["d0_train"] + first.kept) > 0.6
+
+
 def test_the_search_sizes_the_upper_cut_only_and_the_lower_cut_reaches_the_thresholds(searched, d0):
     # D0 is clean: a lower cut on P would only drop its hardest clean samples.
     strict = training_phase(d0, digits_cnn, TrainConfig(steps=60), q_low=0.2, seed=0, progress=False)

@@ -236,6 +236,19 @@ def test_a_finished_seed_is_not_redone_and_another_config_is_refused(tmp_path, m
         run_experiment(ExperimentConfig(**{**config.__dict__, "steps": 6}), data, tmp_path, progress=False)
 
 
+def test_a_seed_recorded_before_the_proxy_share_was_a_setting_ran_with_the_former_share(tmp_path):
+    config = ExperimentConfig(seeds=1, steps=5, q_high=0.3, sweep=(), arms=("drip",), proxy_fraction=0.2)
+    data = load_digits().subset(range(300))
+    first = run_experiment(config, data, tmp_path, progress=False)
+    path = tmp_path / "seed0" / "record.json"
+    saved = json.loads(path.read_text())
+    del saved["config"]["proxy_fraction"]
+    path.write_text(json.dumps(saved))
+    assert run_experiment(config, data, tmp_path, progress=False)["seeds"] == first["seeds"]
+    with pytest.raises(DripInputError, match="another configuration"):
+        run_experiment(ExperimentConfig(**{**config.__dict__, "proxy_fraction": 0.64}), data, tmp_path)
+
+
 def test_paper_arm_uses_the_papers_score_on_the_same_model(tmp_path):
     config = ExperimentConfig(seeds=1, steps=20, q_high=0.4, sweep=(), arms=("drip", "drip-paper"))
     seed = run_experiment(config, load_digits().subset(range(500)), tmp_path, progress=False)["seeds"][0]

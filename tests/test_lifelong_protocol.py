@@ -120,6 +120,21 @@ def test_a_run_with_more_seeds_resumes_the_seeds_done(run, tmp_path):
     assert len(results["seeds"]) == 2
 
 
+def test_rounds_saved_before_the_proxy_share_was_a_setting_ran_with_the_former_share(run, tmp_path):
+    out, expected = run
+    older = tmp_path / "older"
+    shutil.copytree(out / "seed0", older / "seed0")
+    for path in (older / "seed0").glob("round-r*.json"):  # as files written before held it
+        saved = json.loads(path.read_text())
+        del saved["config"]["proxy_fraction"]
+        path.write_text(json.dumps(saved))
+    with pytest.raises(DripInputError, match="another configuration"):
+        run_lifelong(CONFIG, DATA, older, progress=False)
+    former = LifelongConfig(**{**CONFIG.__dict__, "proxy_fraction": 0.2})
+    results = run_lifelong(former, DATA, older, progress=False)
+    assert without_timings(results["seeds"][0]) == without_timings(expected["seeds"][0])
+
+
 def test_forgetting_is_best_earlier_minus_final_over_classes_seen_before():
     rounds = [{"0": 0.9}, {"0": 0.7, "1": 0.8}, {"0": 0.6, "1": 0.9, "2": 0.5}]
     assert forgetting(rounds) == pytest.approx(((0.9 - 0.6) + (0.8 - 0.9)) / 2)

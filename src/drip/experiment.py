@@ -41,6 +41,8 @@ from .budget import stream_with_budget
 from .calibrate import (
     DEFAULT_CANDIDATES,
     DEFAULT_CONFIDENCE,
+    DEFAULT_PROXY_FRACTION,
+    FORMER_PROXY_FRACTION,
     TrainingPhaseResult,
     expected_trainings,
     training_phase,
@@ -106,6 +108,7 @@ class ExperimentConfig:
     q_low: float = DEFAULT_Q_LOW
     rule: str = DEFAULT_RULE
     confidence: float = DEFAULT_CONFIDENCE
+    proxy_fraction: float = DEFAULT_PROXY_FRACTION
     statistic: str = DEFAULT_STATISTIC
     target: str = DEFAULT_TARGET
     cam: str = DEFAULT_CAM
@@ -444,6 +447,7 @@ def run_seed(
         q_low=config.q_low,
         rule=config.rule,
         confidence=config.confidence,
+        proxy_fraction=config.proxy_fraction,
         statistic=config.statistic,
         target=config.target,
         cam=config.cam,
@@ -522,7 +526,8 @@ def _finished_seed(path: Path, config: ExperimentConfig) -> dict[str, Any] | Non
         return None  # half-written by a killed run cannot happen (atomic), but a damaged file is redone
     if saved.get("version") != RESULTS_VERSION:
         return None
-    if saved.get("config") != json.loads(json.dumps(asdict(config))):
+    earlier = {"proxy_fraction": FORMER_PROXY_FRACTION, **saved.get("config", {})}
+    if earlier != json.loads(json.dumps(asdict(config))):
         raise DripInputError(
             f"{path.parent.parent}: holds a run with another configuration; use another --out "
             "folder, or delete this one to start over"

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_common, add_rule, add_target, fresh_copy_factory, load_model, load_tensors
+from .common import (
+    add_common,
+    add_proxy_fraction,
+    add_rule,
+    add_target,
+    fresh_copy_factory,
+    load_model,
+    load_tensors,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -44,13 +52,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_target(calibrate)
     add_rule(calibrate)
     calibrate.add_argument("--steps", type=int, default=500, help="optimiser steps per training (--search)")
-    calibrate.add_argument(
-        "--proxy-fraction",
-        type=float,
-        default=0.2,
-        help="the proxy stream's share of DATA in the search, with D0_train the rest of the 80%% "
-        "that validation leaves (default: 0.2)",
-    )
+    add_proxy_fraction(calibrate, "DATA")
     calibrate.add_argument(
         "--save-model",
         type=Path,

@@ -62,6 +62,19 @@ def add_rule(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_proxy_fraction(parser: argparse.ArgumentParser, of: str = "D0") -> None:
+    """``--proxy-fraction``: the proxy stream's share of the initial data in the band search."""
+    from ..calibrate import DEFAULT_PROXY_FRACTION
+
+    parser.add_argument(
+        "--proxy-fraction",
+        type=float,
+        default=DEFAULT_PROXY_FRACTION,
+        help=f"the proxy stream's share of {of} in the band search, with D0_train the rest of the 80%% "
+        f"that validation leaves (default: {DEFAULT_PROXY_FRACTION})",
+    )
+
+
 def add_target(parser: argparse.ArgumentParser) -> None:
     """``--statistic``, ``--target`` and ``--cam``: the score's reduction, what the map
     differentiates and how (see ``drip.score``)."""

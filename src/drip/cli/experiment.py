@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..arms import ARMS
-from .common import add_common, add_device, add_rule, add_target
+from .common import add_common, add_device, add_proxy_fraction, add_rule, add_target
 
 DATASETS = ("digits", "mnist", "cifar10", "speech-commands", "plant-village")
 
@@ -130,6 +130,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     experiment.add_argument(
         "--pool-limit", type=int, default=None, help="use a stratified subset of this many training samples"
     )
+    add_proxy_fraction(experiment)
     experiment.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<name>)")
     add_device(experiment)
     add_common(experiment)
@@ -162,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         rule=args.rule,
         difficulty=args.difficulty,
         imbalance=args.imbalance,
+        proxy_fraction=args.proxy_fraction,
     )
     # Any 28x28 IDX set loads as "mnist": its folder names it (Fashion-MNIST is not MNIST).
     data_name, folder_name = args.dataset, args.dataset

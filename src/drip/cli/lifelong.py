@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_common, add_rule
+from .common import add_common, add_proxy_fraction, add_rule
 
 LIFELONG_DATASETS = ("digits", "mnist", "speech-commands", "cifar10", "plant-village")
 SCENARIO_NAMES = ("none", "class-incremental", "class-mix", "domain")
@@ -64,6 +64,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--q-high", type=float, default=None, help="fixed band (default: the Training Phase's search)"
     )
     add_rule(lifelong)
+    add_proxy_fraction(lifelong)
     lifelong.add_argument(
         "--arms",
         nargs="+",
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         keep_initial=not args.drop_initial,
         q_high=args.q_high,
         rule=args.rule,
+        proxy_fraction=args.proxy_fraction,
         arms=tuple(args.arms) if args.arms else None,
         pool_limit=args.pool_limit,
     )

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from ..arms import generator_for
 from ..atomic import write_atomically
-from ..calibrate import DEFAULT_CANDIDATES, training_phase
+from ..calibrate import DEFAULT_CANDIDATES, DEFAULT_PROXY_FRACTION, FORMER_PROXY_FRACTION, training_phase
 from ..data.base import LabelledData, stratified_split
 from ..errors import DripInputError
 from ..models import build_model
@@ -105,6 +105,7 @@ class LifelongConfig:
     candidates: tuple[float, ...] = DEFAULT_CANDIDATES
     q_low: float = DEFAULT_Q_LOW
     rule: str = DEFAULT_RULE
+    proxy_fraction: float = DEFAULT_PROXY_FRACTION
     statistic: str = DEFAULT_STATISTIC
     target: str = DEFAULT_TARGET
     cam: str = DEFAULT_CAM
@@ -462,8 +463,9 @@ def _config_json(config: LifelongConfig) -> dict[str, Any]:
 
 def _seed_config(config: dict[str, Any]) -> dict[str, Any]:
     """What one seed's life depends on, of a run's ``config`` (as JSON): everything but how many
-    seeds the run has, so that a run with more seeds resumes the seeds an earlier run finished."""
-    return {k: v for k, v in config.items() if k != "seeds"}
+    seeds the run has, so that a run with more seeds resumes the seeds an earlier run finished
+    (a file that names no proxy share ran with the former one)."""
+    return {"proxy_fraction": FORMER_PROXY_FRACTION, **{k: v for k, v in config.items() if k != "seeds"}}
 
 
 def _finished_round(folder: Path, r: int, config: LifelongConfig) -> tuple[dict, dict] | None:
@@ -507,6 +509,7 @@ def _initial_phase(
         candidates=config.candidates,
         q_low=config.q_low,
         rule=config.rule,
+        proxy_fraction=config.proxy_fraction,
         statistic=config.statistic,
         target=config.target,
         cam=config.cam,

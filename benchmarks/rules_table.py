@@ -57,11 +57,12 @@ def row(name: str, summary: dict) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
+    shown = [arm for arm in ARMS if any(arm in r["accuracy"] for r in rows)]
     head = [
         "run",
         "seeds",
         "saving",
-        *ARMS,
+        *shown,
         "DRIP - FULL",
         "DRIP - RANDOM",
         "DRIP - per-class",
@@ -71,7 +72,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         cells = [r["run"], str(r["seeds"]), f"{100 * r['saving']:.1f}%"]
         top = max(r["accuracy"][a] for a in r["accuracy"] if a != "full")
-        for arm in ARMS:
+        for arm in shown:
             value = r["accuracy"].get(arm)
             text = "-" if value is None else f"{100 * value:.2f}"
             cells.append(f"**{text}**" if value == top else text)

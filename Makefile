@@ -56,8 +56,8 @@ bench-parallel: $(STAMP)
 bench-mnist: $(STAMP)
 	bash benchmarks/mnist.sh
 
-# What the band search sees (graded MNIST, MNIST), then the selection rules on seven regimes (digits,
-# MNIST 60k, 10k pool, graded, long-tailed, 20% flips, synthetic speech), every arm at equal
+# What the band search sees (graded MNIST, MNIST), then the selection rules on eight regimes (digits,
+# MNIST 60k, 10k pool, graded, graded at 10k, long-tailed, 20% flips, synthetic speech), every arm at equal
 # storage, 3 seeds: benchmarks/results/rules/ (about 2.5 hours on one core).
 bench-rules: $(STAMP)
 	bash benchmarks/rules.sh

@@ -22,6 +22,7 @@ run --dataset digits --out runs/rules/digits
 run --dataset mnist --out runs/rules/mnist
 run --dataset mnist --pool-limit 10000 --out runs/rules/mnist-10k
 run --dataset mnist --difficulty graded --out runs/rules/mnist-graded
+run --dataset mnist --difficulty graded --pool-limit 10000 --out runs/rules/mnist-10k-graded
 run --dataset mnist --imbalance 10 --out runs/rules/mnist-lt10
 run --dataset mnist --noise label --noise-rate 0.2 --out runs/rules/mnist-label20
 run --dataset speech-commands --data-dir runs/data/speech-commands-synth --steps 400 \

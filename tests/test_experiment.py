@@ -246,7 +246,8 @@ def test_a_seed_recorded_before_the_proxy_share_was_a_setting_ran_with_the_forme
     path.write_text(json.dumps(saved))
     assert run_experiment(config, data, tmp_path, progress=False)["seeds"] == first["seeds"]
     with pytest.raises(DripInputError, match="another configuration"):
-        run_experiment(ExperimentConfig(**{**config.__dict__, "proxy_fraction": 0.64}), data, tmp_path)
+        other = ExperimentConfig(**{**config.__dict__, "proxy_fraction": 0.64})
+        run_experiment(other, data, tmp_path, progress=False)
 
 
 def test_paper_arm_uses_the_papers_score_on_the_same_model(tmp_path):

@@ -56,9 +56,10 @@ bench-parallel: $(STAMP)
 bench-mnist: $(STAMP)
 	bash benchmarks/mnist.sh
 
-# What the band search sees (graded MNIST, MNIST), then the selection rules on eight regimes (digits,
-# MNIST 60k, 10k pool, graded, graded at 10k, long-tailed, 20% flips, synthetic speech), every arm at equal
-# storage, 3 seeds: benchmarks/results/rules/ (about 2.5 hours on one core).
+# What the band search sees (graded MNIST, MNIST), then the selection rules on ten regimes (digits,
+# synthetic speech, and MNIST: 60k, a 10k pool, graded difficulty, both, a long tail, 20% flipped
+# labels, both, Gaussian noise), every arm at equal storage, 3 seeds: benchmarks/results/rules/
+# (about 3 hours on one core).
 bench-rules: $(STAMP)
 	bash benchmarks/rules.sh
 

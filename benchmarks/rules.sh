@@ -25,6 +25,8 @@ run --dataset mnist --difficulty graded --out runs/rules/mnist-graded
 run --dataset mnist --difficulty graded --pool-limit 10000 --out runs/rules/mnist-10k-graded
 run --dataset mnist --imbalance 10 --out runs/rules/mnist-lt10
 run --dataset mnist --noise label --noise-rate 0.2 --out runs/rules/mnist-label20
+run --dataset mnist --difficulty graded --noise label --noise-rate 0.2 --out runs/rules/mnist-graded-label20
+run --dataset mnist --noise gaussian --noise-rate 0.2 --out runs/rules/mnist-gaussian20
 run --dataset speech-commands --data-dir runs/data/speech-commands-synth --steps 400 \
     --out runs/rules/speech-commands-synth
 $python benchmarks/rules_table.py runs/rules/* --out benchmarks/results/rules

@@ -1,5 +1,5 @@
 """One table of the selection-rule runs (benchmarks/rules.sh): every arm's accuracy at DRIP's storage,
-DRIP's paired gaps, the flipped labels each arm kept, and the kept samples per class.
+DRIP's paired gaps, the corrupted samples each arm dropped, and the kept samples per class.
 
 python benchmarks/rules_table.py runs/rules/* --out benchmarks/results/rules
 writes OUT/rules.md and OUT/rules.json (and prints the markdown).
@@ -52,7 +52,7 @@ def row(name: str, summary: dict) -> dict:
     }
     recall = {arm: arms[arm].get("noise_recall") for arm in present}
     if any(recall.values()):
-        figures["flips_dropped"] = {arm: r["mean"] for arm, r in recall.items() if r}
+        figures["corrupted_dropped"] = {arm: r["mean"] for arm, r in recall.items() if r}
     return figures
 
 
@@ -80,13 +80,16 @@ def markdown(rows: list[dict]) -> str:
             gap = r["drip_minus"].get(other)
             cells.append("-" if gap is None else f"{gap[0]:+.2f} ({gap[1]}/{gap[2]})")
         lines.append("| " + " | ".join(cells) + " |")
-    noisy = [r for r in rows if r.get("flips_dropped")]
+    noisy = [r for r in rows if r.get("corrupted_dropped")]
     if noisy:
-        lines += ["", "Flipped labels dropped by each arm (%):", ""]
-        arms = [a for a in ARMS if any(a in r["flips_dropped"] for r in noisy)]
+        heading = "Corrupted stream samples (flipped labels, or noisy inputs) dropped by each arm (%):"
+        lines += ["", heading, ""]
+        arms = [a for a in ARMS if any(a in r["corrupted_dropped"] for r in noisy)]
         lines += ["| run | " + " | ".join(arms) + " |", "|---|" + "--:|" * len(arms)]
         for r in noisy:
-            cells = [f"{100 * r['flips_dropped'][a]:.1f}" if a in r["flips_dropped"] else "-" for a in arms]
+            cells = [
+                f"{100 * r['corrupted_dropped'][a]:.1f}" if a in r["corrupted_dropped"] else "-" for a in arms
+            ]
             lines.append(f"| {r['run']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from drip.calibrate import DEFAULT_CANDIDATES, _join
+from drip.calibrate import DEFAULT_CANDIDATES, _correct, _join
 from drip.data import load_or_fetch
 from drip.data.base import stratified_split
 from drip.data.regimes import graded_difficulty
@@ -28,13 +28,13 @@ from drip.experiment import ExperimentConfig, seed_splits
 from drip.models import build_model
 from drip.score import DripScorer, score_in_batches
 from drip.thresholds import Thresholds
-from drip.train import fit, predict_logits
+from drip.train import fit
 
 SECOND_INITIALISATION = 7919  # any other seed: a second reference from another starting point
 
 
 def correct_on(model: torch.nn.Module, data) -> list[int]:
-    return (predict_logits(model, data.x).argmax(1) == data.y).int().tolist()
+    return _correct(model, data).int().tolist()
 
 
 def study_seed(config: ExperimentConfig, pool, test, seed: int, proxy_fractions, rules) -> dict:

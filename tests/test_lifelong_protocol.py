@@ -105,14 +105,20 @@ def test_a_run_with_another_configuration_is_refused(run):
         run_lifelong(other, DATA, out, progress=False)
 
 
+def copy_of_seed0(out, folder, edit_config):
+    """``out``'s seed 0 copied into ``folder``, each saved round's config changed by ``edit_config``
+    (as files an earlier version wrote)."""
+    shutil.copytree(out / "seed0", folder / "seed0")
+    for path in (folder / "seed0").glob("round-r*.json"):
+        saved = json.loads(path.read_text())
+        edit_config(saved["config"])
+        path.write_text(json.dumps(saved))
+    return folder
+
+
 def test_a_run_with_more_seeds_resumes_the_seeds_done(run, tmp_path):
     out, expected = run
-    more = tmp_path / "more"
-    shutil.copytree(out / "seed0", more / "seed0")
-    for path in (more / "seed0").glob("round-r*.json"):  # as files written before held it
-        saved = json.loads(path.read_text())
-        saved["config"]["seeds"] = 1
-        path.write_text(json.dumps(saved))
+    more = copy_of_seed0(out, tmp_path / "more", lambda config: config.update(seeds=1))
     stamps = {p: p.stat().st_mtime_ns for p in (more / "seed0").glob("round-r*.json")}
     results = run_lifelong(LifelongConfig(**{**CONFIG.__dict__, "seeds": 2}), DATA, more, progress=False)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # seed 0 read back, not rerun
@@ -122,12 +128,7 @@ def test_a_run_with_more_seeds_resumes_the_seeds_done(run, tmp_path):
 
 def test_rounds_saved_before_the_proxy_share_was_a_setting_ran_with_the_former_share(run, tmp_path):
     out, expected = run
-    older = tmp_path / "older"
-    shutil.copytree(out / "seed0", older / "seed0")
-    for path in (older / "seed0").glob("round-r*.json"):  # as files written before held it
-        saved = json.loads(path.read_text())
-        del saved["config"]["proxy_fraction"]
-        path.write_text(json.dumps(saved))
+    older = copy_of_seed0(out, tmp_path / "older", lambda config: config.pop("proxy_fraction"))
     with pytest.raises(DripInputError, match="another configuration"):
         run_lifelong(CONFIG, DATA, older, progress=False)
     former = LifelongConfig(**{**CONFIG.__dict__, "proxy_fraction": 0.2})

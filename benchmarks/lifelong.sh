@@ -36,8 +36,11 @@ for run in runs/lifelong/*/; do
   cp "$run"/summary.md "$run"/summary.json "$run"/*.png "benchmarks/results/lifelong/$name/"
 done
 .venv/bin/python benchmarks/lifelong_table.py runs/lifelong/*/ --out benchmarks/results/lifelong
-# The digits scenarios at today's default proxy share: what the initial model alone moves.
-for scenario in class-incremental class-mix domain; do
-  .venv/bin/drip lifelong --dataset digits --scenario "$scenario" --quiet --out "runs/lifelong64/digits-$scenario"
+# Digits and MNIST at today's default proxy share: what the initial model alone moves.
+for dataset in digits mnist; do
+  for scenario in class-incremental class-mix domain; do
+    .venv/bin/drip lifelong --dataset "$dataset" --scenario "$scenario" --quiet \
+      --out "runs/lifelong64/$dataset-$scenario"
+  done
 done
-.venv/bin/python benchmarks/lifelong_table.py runs/lifelong64/*/ --out benchmarks/results/lifelong/digits-proxy64
+.venv/bin/python benchmarks/lifelong_table.py runs/lifelong64/*/ --out benchmarks/results/lifelong/proxy64

@@ -19,13 +19,14 @@ import numpy as np
 from drip.calibrate import BandTrial, choose_q_high
 
 
-def trial(q_high: float, reference: list[int], candidate: list[int]) -> BandTrial:
-    """The search's own trial of ``candidate`` against ``reference`` (per-sample correctness on W)."""
-    ref, cand = np.array(reference, dtype=bool), np.array(candidate, dtype=bool)
+def trial(candidate: dict, proxy: int, reference: list[int]) -> BandTrial:
+    """The search's own trial of a study's ``candidate`` against ``reference`` (per-sample
+    correctness on W) over a proxy stream of ``proxy`` samples."""
+    ref, cand = np.array(reference, dtype=bool), np.array(candidate["correct"], dtype=bool)
     return BandTrial(
-        q_high=q_high,
-        kept=0,
-        proxy=0,
+        q_high=candidate["q_high"],
+        kept=candidate["kept"],
+        proxy=proxy,
         val_accuracy=float(cand.mean()),
         only_reference=int((ref & ~cand).sum()),
         only_candidate=int((cand & ~ref).sum()),
@@ -38,17 +39,17 @@ def rows(study: dict) -> list[dict]:
     out = []
     for record in study["seeds"]:
         for split in record["splits"]:
-            reference = split["reference"]
-            gap = trial(0.0, reference, split["second_reference"]).shortfall
+            reference, proxy = split["reference"], split["sizes"][1]
+            gap = np.mean(split["second_reference"]) - np.mean(reference)
             for rule in dict.fromkeys(c["rule"] for c in split["candidates"]):
                 ruled = [c for c in split["candidates"] if c["rule"] == rule]
-                trials = [trial(c["q_high"], reference, c["correct"]) for c in ruled]
+                trials = [trial(c, proxy, reference) for c in ruled]
                 out.append(
                     {
                         "seed": record["seed"],
                         "proxy_fraction": split["proxy_fraction"],
                         "rule": rule,
-                        "second_initialisation_gap": -gap,
+                        "second_initialisation_gap": float(gap),
                         "q_high": [t.q_high for t in trials],
                         "shortfall": [t.shortfall for t in trials],
                         "detectable": [t.detectable() for t in trials],

@@ -68,6 +68,11 @@ DEFAULT_PROXY_FRACTION = 0.64
 FORMER_PROXY_FRACTION = 0.2
 
 
+def with_former_proxy_fraction(saved_config: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config (as JSON) with the proxy share it ran with, where it names none."""
+    return {"proxy_fraction": FORMER_PROXY_FRACTION, **saved_config}
+
+
 def bands_for_scorer(
     scorer: DripScorer,
     scores: torch.Tensor,

@@ -42,10 +42,10 @@ from .calibrate import (
     DEFAULT_CANDIDATES,
     DEFAULT_CONFIDENCE,
     DEFAULT_PROXY_FRACTION,
-    FORMER_PROXY_FRACTION,
     TrainingPhaseResult,
     expected_trainings,
     training_phase,
+    with_former_proxy_fraction,
 )
 from .cam import CAM_METHODS
 from .data.base import LabelledData, stratified_split
@@ -526,8 +526,7 @@ def _finished_seed(path: Path, config: ExperimentConfig) -> dict[str, Any] | Non
         return None  # half-written by a killed run cannot happen (atomic), but a damaged file is redone
     if saved.get("version") != RESULTS_VERSION:
         return None
-    earlier = {"proxy_fraction": FORMER_PROXY_FRACTION, **saved.get("config", {})}
-    if earlier != json.loads(json.dumps(asdict(config))):
+    if with_former_proxy_fraction(saved.get("config", {})) != json.loads(json.dumps(asdict(config))):
         raise DripInputError(
             f"{path.parent.parent}: holds a run with another configuration; use another --out "
             "folder, or delete this one to start over"

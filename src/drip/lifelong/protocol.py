@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from ..arms import generator_for
 from ..atomic import write_atomically
-from ..calibrate import DEFAULT_CANDIDATES, DEFAULT_PROXY_FRACTION, FORMER_PROXY_FRACTION, training_phase
+from ..calibrate import DEFAULT_CANDIDATES, DEFAULT_PROXY_FRACTION, training_phase, with_former_proxy_fraction
 from ..data.base import LabelledData, stratified_split
 from ..errors import DripInputError
 from ..models import build_model
@@ -465,7 +465,7 @@ def _seed_config(config: dict[str, Any]) -> dict[str, Any]:
     """What one seed's life depends on, of a run's ``config`` (as JSON): everything but how many
     seeds the run has, so that a run with more seeds resumes the seeds an earlier run finished
     (a file that names no proxy share ran with the former one)."""
-    return {"proxy_fraction": FORMER_PROXY_FRACTION, **{k: v for k, v in config.items() if k != "seeds"}}
+    return with_former_proxy_fraction({k: v for k, v in config.items() if k != "seeds"})
 
 
 def _finished_round(folder: Path, r: int, config: LifelongConfig) -> tuple[dict, dict] | None:

@@ -23,7 +23,7 @@ import torch
 from drip.calibrate import DEFAULT_CANDIDATES, _correct, _join
 from drip.data import load_or_fetch
 from drip.data.base import stratified_split
-from drip.data.regimes import graded_difficulty
+from drip.data.regimes import with_difficulty
 from drip.experiment import ExperimentConfig, seed_splits
 from drip.models import build_model
 from drip.score import DripScorer, score_in_batches
@@ -92,10 +92,7 @@ def main() -> None:
     torch.set_num_threads(1)
     config = ExperimentConfig.for_dataset(args.dataset, difficulty=args.difficulty, imbalance=args.imbalance)
     splits = load_or_fetch(args.dataset, progress=False)
-    pool, test = splits.train, splits.test
-    if config.difficulty == "graded":
-        pool = graded_difficulty(pool, seed=0)
-        test = None if test is None else graded_difficulty(test, seed=1)
+    pool, test = with_difficulty(config.difficulty, splits.train, splits.test)
     records = json.loads(args.out.read_text())["seeds"] if args.out.is_file() else []
     done = {r["seed"] for r in records}
     for seed in range(args.first_seed, args.first_seed + args.seeds):

@@ -15,6 +15,7 @@ from pathlib import Path
 ARMS = ("drip", "drip-budget", "random", "reservoir", "class-balanced", "margin", "unbounded")
 BUFFER_MARGIN_PP = 0.5  # DRIP's average accuracy over the best buffer's, at least
 UNBOUNDED_SHORTFALL_PP = 1.0  # DRIP's final accuracy under the unbounded store's, at most
+SHARE_WORDS = {"equal": "equally (class-balanced)", "band": "as the band does (shares band)"}
 
 
 def row(name: str, summary: dict) -> dict:
@@ -25,7 +26,8 @@ def row(name: str, summary: dict) -> dict:
     to_unbounded = gaps["unbounded"]["final_accuracy"]
     return {
         "run": name,
-        "dataset": config["dataset"],
+        "dataset": config["dataset"] + ("" if config.get("difficulty", "none") == "none" else " graded"),
+        "shares": config.get("shares", "equal"),
         "scenario": config["scenario"],
         "retrain": f"{config['retrain']}, {config['round_steps']} steps",
         "budget_fraction": config["budget_fraction"],
@@ -48,7 +50,8 @@ def markdown(rows: list[dict]) -> str:
     head += ["DRIP - class-balanced (avg)", "DRIP - unbounded (final)"]
     lines = [
         "Average accuracy over rounds (%), mean of the seeds; DRIP's paired gaps in pp with the seeds "
-        "it was higher in; in bold the best arm at the same bytes. "
+        "it was higher in; in bold the best arm at the same bytes. DRIP's full store shares its bytes "
+        f"among classes {' / '.join(sorted({SHARE_WORDS[r['shares']] for r in rows}))}. "
         f"Bars: DRIP - class-balanced >= +{BUFFER_MARGIN_PP} pp on average accuracy, "
         f"DRIP - unbounded >= -{UNBOUNDED_SHORTFALL_PP} pp on final accuracy (a mark: met).",
         "",

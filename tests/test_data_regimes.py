@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from itertools import pairwise
 
+import pytest
 import torch
 
+from drip.cli.common import DIFFICULTY_NAMES
 from drip.data import load_digits
-from drip.data.regimes import graded_difficulty, long_tailed, partner_classes
+from drip.data.regimes import DIFFICULTIES, graded_difficulty, long_tailed, partner_classes, with_difficulty
+from drip.errors import DripInputError
 
 
 def test_classes_pair_up_with_graded_blend_weights():
@@ -39,3 +42,19 @@ def test_long_tailed_keeps_ratio_to_the_power_of_the_class_level():
     assert int(after[0]) == int(before[0])
     assert abs(int(after[9]) - round(int(before[9]) / 10)) <= 1
     assert all(a >= b for a, b in pairwise((after / before).tolist()))
+
+
+def test_with_difficulty_blends_pool_and_test_with_their_own_draws_or_leaves_them():
+    data = load_digits()
+    pool, test = data.subset(range(900)), data.subset(range(900, 1797))
+    assert with_difficulty("none", pool, test) == (pool, test)
+    graded_pool, graded_test = with_difficulty("graded", pool, test)
+    assert torch.equal(graded_pool.x, graded_difficulty(pool, seed=0).x)
+    assert torch.equal(graded_test.x, graded_difficulty(test, seed=1).x)
+    assert with_difficulty("graded", pool, None)[1] is None
+    with pytest.raises(DripInputError, match="difficulty"):
+        with_difficulty("hard", pool, test)
+
+
+def test_the_cli_offers_exactly_the_library_difficulties():
+    assert DIFFICULTY_NAMES == DIFFICULTIES

@@ -13,11 +13,12 @@ from test_durability import run_child
 from drip.cli import lifelong as cli_lifelong
 from drip.cli import main
 from drip.data import load_digits
+from drip.data.regimes import graded_difficulty
 from drip.errors import DripInputError
-from drip.lifelong import protocol, scenarios
+from drip.lifelong import memory, protocol, scenarios
 from drip.lifelong.metrics import forgetting
 from drip.lifelong.protocol import LIFELONG_ARMS, LifelongConfig, plan_life, round_test, run_lifelong
-from drip.lifelong.report import load_results, write_report
+from drip.lifelong.report import arm_titles, load_results, write_report
 from drip.store import SampleStore
 
 DATA = load_digits().subset(range(700))
@@ -126,12 +127,15 @@ def test_a_run_with_more_seeds_resumes_the_seeds_done(run, tmp_path):
     assert len(results["seeds"]) == 2
 
 
-def test_rounds_saved_before_the_proxy_share_was_a_setting_ran_with_the_former_share(run, tmp_path):
+@pytest.mark.parametrize("setting, former_value", [("proxy_fraction", 0.2), ("shares", "equal")])
+def test_rounds_saved_before_a_setting_existed_ran_with_its_former_value(
+    run, tmp_path, setting, former_value
+):
     out, expected = run
-    older = copy_of_seed0(out, tmp_path / "older", lambda config: config.pop("proxy_fraction"))
+    older = copy_of_seed0(out, tmp_path / "older", lambda config: config.pop(setting))
     with pytest.raises(DripInputError, match="another configuration"):
         run_lifelong(CONFIG, DATA, older, progress=False)
-    former = LifelongConfig(**{**CONFIG.__dict__, "proxy_fraction": 0.2})
+    former = LifelongConfig(**{**CONFIG.__dict__, setting: former_value})
     results = run_lifelong(former, DATA, older, progress=False)
     assert without_timings(results["seeds"][0]) == without_timings(expected["seeds"][0])
 
@@ -150,6 +154,8 @@ def test_the_report_writes_its_table_and_plots(run):
     ]
     text = (out / "summary.md").read_text()
     assert "class-balanced reservoir (GDumb)" in text and "DRIP minus each arm" in text
+    assert "DRIP (band + reservoir at the band's class shares)" in text
+    assert arm_titles({})["drip"] == "DRIP (band + class-balanced reservoir)"  # runs before shares
     for name in ("accuracy_over_rounds.png", "store_composition.png"):
         assert (out / name).stat().st_size > 10_000
 
@@ -160,14 +166,29 @@ def test_bad_settings_are_refused():
         {"arms": ("drip", "oracle")},
         {"budget_fraction": 0.0},
         {"rounds": 0},
+        {"shares": "fair"},
+        {"difficulty": "hard"},
     ):
         with pytest.raises(DripInputError):
             LifelongConfig(**bad)
 
 
+def test_a_graded_run_names_its_data_and_stores_the_blended_samples(tmp_path):
+    graded = LifelongConfig(**{**CONFIG.__dict__, "difficulty": "graded", "rounds": 2, "arms": ("drip",)})
+    results = run_lifelong(graded, DATA, tmp_path, progress=False)
+    assert results["data_name"] == "digits-graded-lifelong-class-incremental"
+    with SampleStore(tmp_path / "seed0" / "drip" / "store.sqlite") as store:
+        stored, _, _ = store.tensors()
+    rows = {tuple(x.flatten().tolist()) for x in graded_difficulty(DATA, seed=0).x}
+    plain = {tuple(x.flatten().tolist()) for x in DATA.x}
+    stored = [tuple(x.tolist()) for x in stored.reshape(len(stored), -1)]
+    assert all(x in rows for x in stored) and any(x not in plain for x in stored)
+
+
 def test_the_cli_offers_exactly_the_library_names():
     assert cli_lifelong.SCENARIO_NAMES == scenarios.SCENARIOS
     assert cli_lifelong.ARM_NAMES == protocol.LIFELONG_ARMS
+    assert cli_lifelong.SHARE_NAMES == memory.SHARES
 
 
 def test_drip_lifelong_runs_and_reports(tmp_path, capsys):

@@ -49,7 +49,7 @@ from .calibrate import (
 )
 from .cam import CAM_METHODS
 from .data.base import LabelledData, stratified_split
-from .data.regimes import graded_difficulty, long_tailed
+from .data.regimes import DIFFICULTIES, Difficulty, long_tailed, with_difficulty
 from .errors import DripInputError
 from .filter import DripFilter
 from .models import build_model
@@ -75,7 +75,6 @@ DEFAULT_SWEEP = (0.2, 0.3, 0.4, 0.5, 0.6)
 # The paper's score: the mean of the label's ReLU'd Grad-CAM map.
 PAPER_STATISTIC, PAPER_TARGET, PAPER_CAM = "mean", "label", "gradcam"
 GALLERY_SIZE = 8
-Difficulty = Literal["none", "graded"]
 
 # Per data set: the reference model and a step budget that trains it well on 2 CPU cores
 # (MNIST: 2000 steps of 64, about 2 epochs of the 60k pool; 3 seeds of every arm and the sweep in
@@ -132,8 +131,8 @@ class ExperimentConfig:
             raise DripInputError(f"statistic: expected one of {sorted(STATISTICS)}, got {self.statistic!r}")
         if self.rule not in RULES:
             raise DripInputError(f"rule: expected one of {RULES}, got {self.rule!r}")
-        if self.difficulty not in ("none", "graded"):
-            raise DripInputError(f"difficulty: expected 'none' or 'graded', got {self.difficulty!r}")
+        if self.difficulty not in DIFFICULTIES:
+            raise DripInputError(f"difficulty: expected one of {DIFFICULTIES}, got {self.difficulty!r}")
         if not self.imbalance >= 1:
             raise DripInputError(f"imbalance: expected a ratio >= 1, got {self.imbalance!r}")
         if self.cam not in CAM_METHODS:
@@ -555,9 +554,7 @@ def run_experiment(
     """
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if config.difficulty == "graded":
-        pool = graded_difficulty(pool, seed=0)
-        test = None if test is None else graded_difficulty(test, seed=1)
+    pool, test = with_difficulty(config.difficulty, pool, test)
     seeds = []
     with tqdm(
         total=config.seeds * planned_trainings(config), desc="trainings", unit="model", disable=not progress

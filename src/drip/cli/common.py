@@ -62,6 +62,22 @@ def add_rule(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# drip.data.regimes.DIFFICULTIES, spelt here so that building the parser loads no data module.
+DIFFICULTY_NAMES = ("none", "graded")
+
+
+def add_difficulty(parser: argparse.ArgumentParser) -> None:
+    """``--difficulty``: the harder data set of ``drip.data.regimes``."""
+    parser.add_argument(
+        "--difficulty",
+        choices=DIFFICULTY_NAMES,
+        default="none",
+        help="graded: the classes are blended in confusable pairs of graded strength (pair k of "
+        "C/2 gets 45%% k/(C/2-1) of its partner's image), so they differ in difficulty "
+        "(drip.data.regimes) (default: none)",
+    )
+
+
 def add_proxy_fraction(parser: argparse.ArgumentParser, of: str = "D0") -> None:
     """``--proxy-fraction``: the proxy stream's share of the initial data in the band search."""
     from ..calibrate import DEFAULT_PROXY_FRACTION

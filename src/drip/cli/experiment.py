@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..arms import ARMS
-from .common import add_common, add_device, add_proxy_fraction, add_rule, add_target
+from .common import add_common, add_device, add_difficulty, add_proxy_fraction, add_rule, add_target
 
 DATASETS = ("digits", "mnist", "cifar10", "speech-commands", "plant-village")
 
@@ -106,13 +106,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     add_target(experiment)
     add_rule(experiment)
-    experiment.add_argument(
-        "--difficulty",
-        choices=("none", "graded"),
-        default="none",
-        help="graded: class c of C gets noise and an occluding patch of strength c/(C-1), so the "
-        "classes differ in difficulty (drip.data.regimes) (default: none)",
-    )
+    add_difficulty(experiment)
     experiment.add_argument(
         "--imbalance",
         type=float,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_common, add_proxy_fraction, add_rule
+from .common import add_common, add_difficulty, add_proxy_fraction, add_rule
 
 LIFELONG_DATASETS = ("digits", "mnist", "speech-commands", "cifar10", "plant-village")
 SCENARIO_NAMES = ("none", "class-incremental", "class-mix", "domain")
+SHARE_NAMES = ("equal", "band")
 ARM_NAMES = ("drip", "drip-budget", "random", "reservoir", "class-balanced", "margin", "unbounded")
 
 
@@ -66,6 +67,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_rule(lifelong)
     add_proxy_fraction(lifelong)
     lifelong.add_argument(
+        "--shares",
+        choices=SHARE_NAMES,
+        default="band",
+        help="how DRIP's full store shares its bytes among classes: band (each class as much as the "
+        "band keeps of it: the rule's hard classes get more) or equal (class-balanced) (default: band)",
+    )
+    add_difficulty(lifelong)
+    lifelong.add_argument(
         "--arms",
         nargs="+",
         default=None,
@@ -101,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         proxy_fraction=args.proxy_fraction,
         arms=tuple(args.arms) if args.arms else None,
         pool_limit=args.pool_limit,
+        shares=args.shares,
+        difficulty=args.difficulty,
     )
     out = args.out or Path("runs") / config.run_name()
     splits = load_or_fetch(args.dataset, args.data_dir, progress=not args.quiet)

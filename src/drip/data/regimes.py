@@ -18,9 +18,15 @@ regimes are documented rules over the data set's own samples, so anyone can rebu
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
+from ..errors import DripInputError
 from .base import LabelledData
+
+Difficulty = Literal["none", "graded"]
+DIFFICULTIES: tuple[str, ...] = ("none", "graded")
 
 
 def _levels(num_classes: int) -> torch.Tensor:
@@ -54,6 +60,18 @@ def graded_difficulty(data: LabelledData, seed: int = 0) -> LabelledData:
         picks = others[torch.randint(len(others), (len(own),), generator=generator)]
         x[own] = ((1 - weight[c]) * data.x[own].float() + weight[c] * data.x[picks].float()).to(data.x.dtype)
     return LabelledData(f"{data.name}-graded", x, data.y, data.num_classes, data.class_names)
+
+
+def with_difficulty(
+    difficulty: str, pool: LabelledData, test: LabelledData | None
+) -> tuple[LabelledData, LabelledData | None]:
+    """``pool`` and ``test`` under ``difficulty`` (``graded``: each blended with its own partner
+    draw, so that no test image is a training image's blend)."""
+    if difficulty not in DIFFICULTIES:
+        raise DripInputError(f"difficulty: expected one of {DIFFICULTIES}, got {difficulty!r}")
+    if difficulty == "none":
+        return pool, test
+    return graded_difficulty(pool, seed=0), None if test is None else graded_difficulty(test, seed=1)
 
 
 def long_tailed(data: LabelledData, ratio: float, generator: torch.Generator) -> LabelledData:

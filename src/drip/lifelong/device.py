@@ -4,8 +4,9 @@ Each round the device
 
 1. **streams** the round's samples through DRIP's band of the current model and thresholds into
    one durable store of ``capacity_bytes``. What a full store does is the device's ``memory``:
-   ``reservoir`` (default) keeps the band as calibrated and thins it at random, class-balanced
-   (``drip.lifelong.memory``); ``budget`` tightens the band instead (``drip.budget``: the upper
+   ``reservoir`` (default) keeps the band as calibrated and thins it at random, class by class,
+   each class's share of the bytes following the band's (``drip.lifelong.memory``: ``shares``);
+   ``budget`` tightens the band instead (``drip.budget``: the upper
    cuts move so that the store is full by the round's end, and a full store evicts the most
    redundant sample of its most represented class). Either way a class that arrives late gets
    stored;
@@ -49,7 +50,7 @@ from ..score import DripScorer, score_in_batches
 from ..store import SampleStore
 from ..thresholds import Thresholds
 from ..train import TrainConfig, fit
-from .memory import ClassBalancedReservoir
+from .memory import DEFAULT_SHARES, SHARES, ClassBalancedReservoir, Shares
 
 Retrain = Literal["fine-tune", "scratch"]
 RETRAINS = ("fine-tune", "scratch")
@@ -136,12 +137,15 @@ class LifelongDevice:
         *,
         seed: int = 0,
         memory: Memory = "reservoir",
+        shares: Shares = DEFAULT_SHARES,
         stream_batch: int = 64,
         progress: bool = False,
     ) -> None:
         if memory not in MEMORIES:
             raise DripInputError(f"memory: expected one of {MEMORIES}, got {memory!r}")
-        self.memory = memory
+        if shares not in SHARES:
+            raise DripInputError(f"shares: expected one of {SHARES}, got {shares!r}")
+        self.memory, self.shares = memory, shares
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.fresh_model = fresh_model
@@ -230,7 +234,9 @@ class LifelongDevice:
             )
             return int(run.kept.sum())
         band = DripFilter(self.scorer(), self.thresholds)  # decides; the reservoir stores
-        reservoir = ClassBalancedReservoir(self.store, self.thresholds.num_classes, self.seed)
+        reservoir = ClassBalancedReservoir(
+            self.store, self.thresholds.num_classes, self.seed, shares=self.shares
+        )
         key = f"stream:{prefix}"
         start = int(self.store.checkpoint(key) or 0)
         for index in range(start, len(samples), self.stream_batch):
@@ -244,6 +250,7 @@ class LifelongDevice:
                 [f"{prefix}:{i}" for i in range(index, stop)],
                 [d.kept for d in decisions],
                 checkpoint=(key, str(stop)),
+                judged=[math.isfinite(self.thresholds.high[label]) for label in y.tolist()],
             )
         return sum(1 for source in self.store.sources() if source.startswith(f"{prefix}:"))
 

@@ -5,20 +5,33 @@ once it is full. Tightening the band to fit (``drip.budget``: the upper cut move
 harder samples, beyond what the Training Phase checked, and a store of a few dozen samples per
 class made of its hardest ones trains worse than a random few dozen (Sorscher et al., NeurIPS
 2022: with little data per class, keep the typical samples). ``ClassBalancedReservoir`` keeps the
-band as calibrated and thins it at random instead, class-balanced as the rehearsal buffers that
+band as calibrated and thins it at random instead, class by class as the rehearsal buffers that
 hold up under drift do (CBRS, Chrysakis & Moens, ICML 2020; GDumb's greedy sampler is its
-cousin):
+cousin). Each class c has a weight ``w_c`` and its fair share of the store is proportional to it:
 
 * while a sample fits, it is stored;
-* when full, a sample of a class that does not hold the most bytes evicts random samples of the
-  class that does (ties: the lowest label) until it fits;
-* a sample of that largest class replaces random samples of its own class with probability
+* when full, a sample of a class that is not the most over its share (the largest
+  ``held_c / w_c``; ties: the lowest label) evicts random samples of the class that is, until it
+  fits;
+* a sample of that class replaces random samples of its own class with probability
   held_c / seen_c (reservoir sampling within the class; ``seen_c``: in-band samples of class c
   offered so far over the device's life).
 
+The weights are the ``shares`` rule:
+
+* ``equal``: ``w_c = 1``, CBRS itself: every class the same bytes, whatever its difficulty;
+* ``band`` (the default): ``w_c = (kept_c + 1) / (judged_c + 1)``, the share of class c's
+  samples the band kept over the life (``judged_c`` of them offered while the band had an upper
+  cut for c, ``kept_c`` of those inside it; add-one, so that no weight is 0). The selection rule
+  decides where storage goes (``drip.rules``: most of a hard class, a floor of an easy one) and a
+  full store keeps those proportions, where ``equal`` would give every class the same bytes
+  again. As the weight is a rate, not a count, a rare class is under its share and kept whole,
+  as in CBRS. A class the band has no cut for (one its calibration never saw: a new class after
+  a drift) is kept whole by the band because nothing judged it, not because it is hard; those
+  samples do not count, and until it is judged its weight is 1, the most any class gets.
+
 Randomness is a function of the seed and each sample's source, not a generator's position, and
-the counts ``seen_c`` are committed with every batch: a device killed anywhere resumes with the
-same store.
+the counts are committed with every batch: a device killed anywhere resumes with the same store.
 """
 
 from __future__ import annotations
@@ -26,11 +39,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
 from ..errors import DripInputError
 from ..store import SampleStore
+
+Shares = Literal["equal", "band"]
+SHARES: tuple[str, ...] = ("equal", "band")
+DEFAULT_SHARES: Shares = "band"
 
 
 def uniform(seed: int, source: str, purpose: str) -> float:
@@ -40,8 +58,9 @@ def uniform(seed: int, source: str, purpose: str) -> float:
 
 
 class ClassBalancedReservoir:
-    """Class-balanced reservoir sampling into ``store`` (which has ``capacity_bytes``), state
-    committed under the checkpoint ``state_name``. See the module docstring.
+    """Class-balanced reservoir sampling into ``store`` (which has ``capacity_bytes``), each
+    class's share weighted by ``shares``, state committed under the checkpoint ``state_name``.
+    See the module docstring.
 
     Example::
 
@@ -50,13 +69,23 @@ class ClassBalancedReservoir:
     """
 
     def __init__(
-        self, store: SampleStore, num_classes: int, seed: int, state_name: str = "reservoir"
+        self,
+        store: SampleStore,
+        num_classes: int,
+        seed: int,
+        state_name: str = "reservoir",
+        shares: Shares = DEFAULT_SHARES,
     ) -> None:
         if store.capacity_bytes is None:
             raise DripInputError("store: a class-balanced reservoir needs a SampleStore with capacity_bytes")
+        if shares not in SHARES:
+            raise DripInputError(f"shares: expected one of {SHARES}, got {shares!r}")
         self.store, self.num_classes, self.seed, self.state_name = store, num_classes, seed, state_name
-        saved = store.checkpoint(state_name)
-        self.seen = [0] * num_classes if saved is None else list(json.loads(saved)["seen"])
+        self.shares = shares
+        saved = json.loads(store.checkpoint(state_name) or "{}")
+        self.seen = list(saved.get("seen", [0] * num_classes))
+        self.judged = list(saved.get("judged", [0] * num_classes))
+        self.kept = list(saved.get("kept", [0] * num_classes))
 
     def offer(
         self,
@@ -66,12 +95,18 @@ class ClassBalancedReservoir:
         sources: Sequence[str],
         inside: Sequence[bool],
         checkpoint: tuple[str, str] | None = None,
+        judged: Sequence[bool] | None = None,
     ) -> list[bool]:
-        """Offer a batch (``inside``: the samples the band keeps); one transaction with the new
-        counts and ``checkpoint``. Per sample, whether the store holds it afterwards.
+        """Offer a batch (``inside``: the samples the band keeps; ``judged``: those whose class
+        the band had an upper cut for, default all); one transaction with the new counts and
+        ``checkpoint``. Per sample, whether the store holds it afterwards.
 
         Every sample has the size of those stored (a device's inputs have one shape), so one
         eviction makes room for one newcomer."""
+        judged = [True] * len(labels) if judged is None else judged
+        for name, values in (("scores", scores), ("sources", sources), ("inside", inside), ("judged", judged)):
+            if len(values) != len(labels):
+                raise DripInputError(f"{name}: expected one per label ({len(labels)}), got {len(values)}")
         sample_bytes = xs[0].numel() * xs.element_size() if len(xs) else 0
         capacity = self.store.capacity_bytes
         members = self.store.ids_by_label()
@@ -81,16 +116,21 @@ class ClassBalancedReservoir:
             raise DripInputError(
                 f"xs: samples of {sample_bytes} bytes, but the store holds samples of other sizes"
             )
-        seen = list(self.seen)
+        seen, judged_count, kept_count = list(self.seen), list(self.judged), list(self.kept)
         removed: list[int] = []
         for i, (label, source, keep) in enumerate(zip(labels, sources, inside)):
+            if judged[i]:
+                judged_count[label] += 1
+                kept_count[label] += bool(keep)
             if not keep or sample_bytes > capacity:
                 continue
             seen[label] += 1
             own = members.setdefault(label, [])
             if used + sample_bytes > capacity:
-                largest = _largest(held_bytes)
-                if held_bytes.get(label, 0) >= held_bytes[largest]:
+                weights = self._weights(judged_count, kept_count)
+                largest = _most_over_share(held_bytes, weights)
+                own_load = held_bytes.get(label, 0) / weights[label]
+                if own_load >= held_bytes[largest] / weights[largest]:
                     if uniform(self.seed, source, "admit") >= len(own) / seen[label]:
                         continue
                     largest = label
@@ -108,7 +148,8 @@ class ClassBalancedReservoir:
             held_bytes[label] = held_bytes.get(label, 0) + sample_bytes
             used += sample_bytes
         chosen = sorted(~p for ids in members.values() for p in ids if p < 0)
-        checkpoints = [(self.state_name, json.dumps({"seen": seen}))]
+        state = {"seen": seen, "judged": judged_count, "kept": kept_count}
+        checkpoints = [(self.state_name, json.dumps(state))]
         if checkpoint is not None:
             checkpoints.append(checkpoint)
         self.store.add_batch(
@@ -119,12 +160,19 @@ class ClassBalancedReservoir:
             checkpoint=checkpoints,
             remove=removed,
         )
-        self.seen = seen
+        self.seen, self.judged, self.kept = seen, judged_count, kept_count
         kept = set(chosen)
         return [i in kept for i in range(len(labels))]
 
+    def _weights(self, judged: list[int], kept: list[int]) -> list[float]:
+        """Each class's weight under ``shares``."""
+        if self.shares == "equal":
+            return [1.0] * self.num_classes
+        return [(k + 1) / (j + 1) for j, k in zip(judged, kept)]
 
-def _largest(held_bytes: dict[int, int]) -> int:
-    """The class holding the most bytes (ties: the lowest label)."""
-    most = max(held_bytes.values())
-    return min(c for c, b in held_bytes.items() if b == most)
+
+def _most_over_share(held_bytes: dict[int, int], weights: list[float]) -> int:
+    """The class holding the most bytes per unit of weight (ties: the lowest label)."""
+    load = {c: b / weights[c] for c, b in held_bytes.items()}
+    most = max(load.values())
+    return min(c for c, value in load.items() if value == most)

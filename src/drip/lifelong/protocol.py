@@ -10,10 +10,14 @@ is offered to every arm in the same order. Each arm then retrains its own model 
 stored (and D0, when it stays on the device) with the same optimiser steps, and is tested on the
 test samples of every class seen so far (in ``domain``, shifted as the round's inputs are).
 
+``difficulty="graded"`` runs the harder data set of ``drip.data.regimes`` (classes of graded
+difficulty), where it matters which classes the storage goes to.
+
 Arms, all holding at most the same bytes but ``unbounded``:
 
 * ``drip``: ``LifelongDevice``: DRIP's band, recalibrated each round, into a durable store whose
-  full state is a class-balanced reservoir of what the band keeps (``drip.lifelong.memory``);
+  full state is a reservoir of what the band keeps, each class's share of the bytes following the
+  band's (``shares="band"``; ``"equal"``: class-balanced) (``drip.lifelong.memory``);
 * ``drip-budget``: the same device whose band tightens to fit the bytes instead (``drip.budget``);
 * ``random``: random admission at the rate that would fill the store within a round, random
   eviction;
@@ -46,6 +50,7 @@ from ..arms import generator_for
 from ..atomic import write_atomically
 from ..calibrate import DEFAULT_CANDIDATES, DEFAULT_PROXY_FRACTION, training_phase, with_former_proxy_fraction
 from ..data.base import LabelledData, stratified_split
+from ..data.regimes import DIFFICULTIES, with_difficulty
 from ..errors import DripInputError
 from ..models import build_model
 from ..rules import DEFAULT_Q_LOW, DEFAULT_RULE, RULES
@@ -63,6 +68,7 @@ from .buffers import (
     UnboundedBuffer,
 )
 from .device import RETRAINS, LifelongDevice, RoundTraining, retrain, round_seed
+from .memory import DEFAULT_SHARES, SHARES
 from .metrics import summarise
 from .scenarios import SCENARIOS, round_severity, shift_inputs, split_rounds
 
@@ -70,6 +76,8 @@ LIFELONG_ARMS = ("drip", "drip-budget", "random", "reservoir", "class-balanced",
 DEVICE_MEMORY = {"drip": "reservoir", "drip-budget": "budget"}
 FORMAT = "drip-lifelong"
 VERSION = 1
+# What a round file written before a setting existed ran with.
+FORMER_SETTINGS = {"shares": "equal", "difficulty": "none"}
 
 # Per data set: the model, the Training Phase's steps and each round's retraining steps.
 LIFELONG_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -111,6 +119,8 @@ class LifelongConfig:
     cam: str = DEFAULT_CAM
     arms: tuple[str, ...] = LIFELONG_ARMS
     stream_batch: int = 64
+    shares: str = DEFAULT_SHARES
+    difficulty: str = "none"
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -120,6 +130,10 @@ class LifelongConfig:
             raise DripInputError(f"arms: expected any of {LIFELONG_ARMS}, got {list(self.arms)}")
         if self.rule not in RULES:
             raise DripInputError(f"rule: expected one of {RULES}, got {self.rule!r}")
+        if self.shares not in SHARES:
+            raise DripInputError(f"shares: expected one of {SHARES}, got {self.shares!r}")
+        if self.difficulty not in DIFFICULTIES:
+            raise DripInputError(f"difficulty: expected one of {DIFFICULTIES}, got {self.difficulty!r}")
         if self.retrain not in RETRAINS:
             raise DripInputError(f"retrain: expected one of {RETRAINS}, got {self.retrain!r}")
         for name in ("rounds", "seeds", "steps", "round_steps", "batch_size", "stream_batch"):
@@ -142,7 +156,8 @@ class LifelongConfig:
         return cls(dataset=dataset, **{**LIFELONG_DEFAULTS[dataset], **chosen})
 
     def run_name(self, data_name: str | None = None) -> str:
-        return f"{data_name or self.dataset}-lifelong-{self.scenario}"
+        graded = "" if self.difficulty == "none" else f"-{self.difficulty}"
+        return f"{data_name or self.dataset}{graded}-lifelong-{self.scenario}"
 
     @property
     def training(self) -> RoundTraining:
@@ -333,6 +348,7 @@ def run_seed(
             training,
             seed=seed,
             memory=memory,  # type: ignore[arg-type]
+            shares=config.shares,  # type: ignore[arg-type]
             stream_batch=config.stream_batch,
         )
         for arm, memory in DEVICE_MEMORY.items()
@@ -464,8 +480,9 @@ def _config_json(config: LifelongConfig) -> dict[str, Any]:
 def _seed_config(config: dict[str, Any]) -> dict[str, Any]:
     """What one seed's life depends on, of a run's ``config`` (as JSON): everything but how many
     seeds the run has, so that a run with more seeds resumes the seeds an earlier run finished
-    (a file that names no proxy share ran with the former one)."""
-    return with_former_proxy_fraction({k: v for k, v in config.items() if k != "seeds"})
+    (a file that names no proxy share, shares or difficulty ran with the former ones)."""
+    chosen = {k: v for k, v in config.items() if k != "seeds"}
+    return with_former_proxy_fraction({**FORMER_SETTINGS, **chosen})
 
 
 def _finished_round(folder: Path, r: int, config: LifelongConfig) -> tuple[dict, dict] | None:
@@ -540,6 +557,7 @@ def run_lifelong(
     """Every seed's life; writes and returns ``results.json``'s content."""
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    pool, test = with_difficulty(config.difficulty, pool, test)
     per_seed = config.rounds * len(config.arms) + 5
     seeds = []
     with tqdm(total=config.seeds * per_seed, desc="trainings", unit="model", disable=not progress) as bar:

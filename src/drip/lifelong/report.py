@@ -21,7 +21,7 @@ from ..errors import DripInputError
 from .protocol import FORMAT, VERSION
 
 ARM_TITLES = {
-    "drip": "DRIP (band + class-balanced reservoir)",
+    "drip": "DRIP (band + reservoir at the band's class shares)",
     "drip-budget": "DRIP (band tightened to the budget)",
     "random": "random admission",
     "reservoir": "reservoir",
@@ -29,7 +29,15 @@ ARM_TITLES = {
     "margin": "margin (online, class-balanced)",
     "unbounded": "unbounded store",
 }
+# The DRIP arm of a run made with equal class shares (and of every run before shares existed).
+EQUAL_SHARES_TITLE = "DRIP (band + class-balanced reservoir)"
 FIGURES = ("average_accuracy", "final_accuracy", "forgetting", "final_bytes", "trainings", "train_s")
+
+
+def arm_titles(config: dict[str, Any]) -> dict[str, str]:
+    """Each arm's title in a run of ``config`` (DRIP's names its store's class shares)."""
+    equal = config.get("shares", "equal") == "equal"
+    return {**ARM_TITLES, "drip": EQUAL_SHARES_TITLE} if equal else ARM_TITLES
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
@@ -103,6 +111,7 @@ def _pct(stats: dict[str, Any] | None) -> str:
 def markdown(summary: dict[str, Any]) -> str:
     """summary.md: the setting, the table, DRIP's gaps."""
     config = summary["config"]
+    titles = arm_titles(config)
     capacity = statistics.fmean(summary["capacity_bytes"])
     lines = [
         f"# drip lifelong: {summary['data_name']}",
@@ -121,7 +130,7 @@ def markdown(summary: dict[str, Any]) -> str:
     for arm, figures in summary["arms"].items():
         share = figures.get("bytes_share")
         lines.append(
-            f"| {ARM_TITLES.get(arm, arm)} | {_pct(figures.get('average_accuracy'))} | "
+            f"| {titles.get(arm, arm)} | {_pct(figures.get('average_accuracy'))} | "
             f"{_pct(figures.get('final_accuracy'))} | {_pct(figures.get('forgetting'))} | "
             f"{figures['final_bytes']['mean'] / 1e6:.2f} MB | {'' if share is None else f'{share:.0%}'} | "
             f"{figures['train_s']['mean']:.0f} |"
@@ -131,11 +140,11 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += ["| against | average accuracy | final accuracy |", "|---|---|---|"]
         for other, gap in summary["gaps"].items():
             cells = [f"{g['mean_pp']:+.2f} ({g['wins']}/{g['seeds']})" for g in gap.values()]
-            lines.append(f"| {ARM_TITLES.get(other, other)} | {' | '.join(cells)} |")
+            lines.append(f"| {titles.get(other, other)} | {' | '.join(cells)} |")
     for arm, shifts in summary["threshold_shift"].items():
         lines += [
             "",
-            f"{ARM_TITLES.get(arm, arm)}: recalibration moved the upper cuts by "
+            f"{titles.get(arm, arm)}: recalibration moved the upper cuts by "
             f"{', '.join('-' if v is None else f'{v:.3g}' for v in shifts)} per round (mean |change| over "
             "classes, seed 0).",
         ]
@@ -155,13 +164,14 @@ def plot_accuracy(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    titles = arm_titles(summary["config"])
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for arm, figures in summary["arms"].items():
         mean = 100 * np.array(figures["accuracy_by_round"])
         std = 100 * np.array(figures["accuracy_by_round_std"])
         rounds = np.arange(1, len(mean) + 1)
         style = {"lw": 2.6, "color": "black"} if arm == "drip" else {"lw": 1.4}
-        (line,) = ax.plot(rounds, mean, marker="o", ms=3.5, label=ARM_TITLES.get(arm, arm), **style)
+        (line,) = ax.plot(rounds, mean, marker="o", ms=3.5, label=titles.get(arm, arm), **style)
         ax.fill_between(rounds, mean - std, mean + std, color=line.get_color(), alpha=0.12)
     ax.set_xticks(np.arange(1, len(mean) + 1))
     ax.set_xlabel("round")
@@ -183,6 +193,7 @@ def plot_composition(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    titles = arm_titles(summary["config"])
     arms = list(summary["composition"])
     columns = min(3, len(arms))
     rows = -(-len(arms) // columns)
@@ -195,7 +206,7 @@ def plot_composition(summary: dict[str, Any], path: Path) -> None:
         for c in range(counts.shape[1]):
             ax.bar(rounds, counts[:, c], bottom=bottom, color=colors(c % colors.N), width=0.8, label=str(c))
             bottom += counts[:, c]
-        ax.set_title(ARM_TITLES.get(arm, arm), fontsize=9)
+        ax.set_title(titles.get(arm, arm), fontsize=9)
         ax.set_xlabel("round")
         ax.grid(axis="y", alpha=0.3)
     for ax in axes.flat[len(arms) :]:

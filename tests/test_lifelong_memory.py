@@ -122,6 +122,18 @@ def test_samples_the_band_had_no_cut_for_do_not_weight_their_class(tmp_path):
     assert abs(held[1] / held[0] - 0.5) < 0.06
 
 
+def test_a_class_nothing_judged_yet_gets_the_mean_share_of_the_judged(tmp_path):
+    # Classes 0-2 judged (the band keeps all, a half, a quarter); class 3 never judged, all
+    # inside: its weight is the others' mean, 7/12, not 1 (nor its in-band rate, 1).
+    labels, inside = uneven_band()
+    inside = [keep or label == 3 for label, keep in zip(labels, inside)]
+    judged = [label != 3 for label in labels]
+    held = held_per_class(
+        stream(labels, inside, tmp_path / "s.sqlite", 150 * SAMPLE_BYTES, 64, judged=judged), labels
+    )
+    assert abs(held[3] / held[0] - 7 / 12) < 0.06
+
+
 def test_equal_shares_give_every_class_the_same_bytes_whatever_the_band_keeps(tmp_path):
     labels, inside = uneven_band()
     held = held_per_class(

@@ -63,8 +63,9 @@ bench-mnist: $(STAMP)
 bench-rules: $(STAMP)
 	bash benchmarks/rules.sh
 
-# drip lifelong against the rehearsal buffers: three scenarios on digits and MNIST, a 5% store, and
-# synthetic speech, 3 seeds each: benchmarks/results/lifelong/ (about 3 hours on one core).
+# drip lifelong against the rehearsal buffers: three scenarios on digits, MNIST and graded MNIST, a
+# 5% store, and synthetic speech, 3 seeds each, at the settings each table was made with:
+# benchmarks/results/lifelong/ (about 6 hours on one core).
 bench-lifelong: $(STAMP)
 	bash benchmarks/lifelong.sh
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The lifelong evidence of docs/lifelong.md: DRIP's device against the rehearsal buffers, every arm
 # at the same bytes and optimiser steps per round, 3 seeds each. Measured on one core of this
-# machine: about 2 minutes per digits run (6 with 600 steps), 13-18 per MNIST run, and 35 per
-# seed of the speech run. Three tables, each at the settings it was made with:
+# machine: about 2 minutes per digits run (6 with 600 steps), 13-18 per MNIST or graded MNIST run,
+# and 35 per seed of the speech run. Three tables, each at the settings it was made with:
 # 1. benchmarks/results/lifelong/: the Training Phase's proxy stream at 20% of D0 and a full DRIP
 #    store shared equally among classes (--proxy-fraction 0.2 --shares equal);
 # 2. .../proxy64/: the proxy stream at today's 64%, shares still equal;
@@ -58,3 +58,12 @@ for data in "digits" "mnist" "mnist --difficulty graded"; do
   done
 done
 .venv/bin/python benchmarks/lifelong_table.py runs/lifelong-shares/*/ --out benchmarks/results/lifelong/band-shares
+# DRIP with equal shares on graded MNIST, the same seeds: what the band's shares change there
+# (on digits and MNIST the proxy64 runs are that comparison).
+for scenario in class-incremental class-mix domain; do
+  .venv/bin/drip lifelong --dataset mnist --difficulty graded --scenario "$scenario" --shares equal \
+    --arms drip --quiet --out "runs/lifelong-equal/mnist-graded-$scenario"
+  mkdir -p "benchmarks/results/lifelong/band-shares/equal/mnist-graded-$scenario"
+  cp runs/lifelong-equal/mnist-graded-"$scenario"/summary.{md,json} \
+    "benchmarks/results/lifelong/band-shares/equal/mnist-graded-$scenario/"
+done

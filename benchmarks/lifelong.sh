@@ -67,3 +67,12 @@ for scenario in class-incremental class-mix domain; do
   cp runs/lifelong-equal/mnist-graded-"$scenario"/summary.{md,json} \
     "benchmarks/results/lifelong/band-shares/equal/mnist-graded-$scenario/"
 done
+# A store of 10% of the life's bytes on graded MNIST, where what a full store keeps matters more.
+for scenario in class-mix domain; do
+  .venv/bin/drip lifelong --dataset mnist --difficulty graded --scenario "$scenario" --budget-fraction 0.1 \
+    --quiet --out "runs/lifelong-10pct/mnist-graded-$scenario"
+  mkdir -p "benchmarks/results/lifelong/band-shares/10pct/mnist-graded-$scenario"
+  cp runs/lifelong-10pct/mnist-graded-"$scenario"/{summary.md,summary.json,*.png} \
+    "benchmarks/results/lifelong/band-shares/10pct/mnist-graded-$scenario/"
+done
+.venv/bin/python benchmarks/lifelong_table.py runs/lifelong-10pct/*/ --out benchmarks/results/lifelong/band-shares/10pct

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from ..arms import generator_for
 from ..atomic import write_atomically
-from ..calibrate import DEFAULT_CANDIDATES, DEFAULT_PROXY_FRACTION, training_phase, with_former_proxy_fraction
+from ..calibrate import DEFAULT_CANDIDATES, DEFAULT_PROXY_FRACTION, FORMER_PROXY_FRACTION, training_phase
 from ..data.base import LabelledData, stratified_split
 from ..data.regimes import DIFFICULTIES, with_difficulty
 from ..errors import DripInputError
@@ -77,7 +77,7 @@ DEVICE_MEMORY = {"drip": "reservoir", "drip-budget": "budget"}
 FORMAT = "drip-lifelong"
 VERSION = 1
 # What a round file written before a setting existed ran with.
-FORMER_SETTINGS = {"shares": "equal", "difficulty": "none"}
+FORMER_SETTINGS = {"proxy_fraction": FORMER_PROXY_FRACTION, "shares": "equal", "difficulty": "none"}
 
 # Per data set: the model, the Training Phase's steps and each round's retraining steps.
 LIFELONG_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -482,7 +482,7 @@ def _seed_config(config: dict[str, Any]) -> dict[str, Any]:
     seeds the run has, so that a run with more seeds resumes the seeds an earlier run finished
     (a file that names no proxy share, shares or difficulty ran with the former ones)."""
     chosen = {k: v for k, v in config.items() if k != "seeds"}
-    return with_former_proxy_fraction({**FORMER_SETTINGS, **chosen})
+    return {**FORMER_SETTINGS, **chosen}
 
 
 def _finished_round(folder: Path, r: int, config: LifelongConfig) -> tuple[dict, dict] | None:

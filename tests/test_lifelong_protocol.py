@@ -10,6 +10,7 @@ import signal
 import pytest
 from test_durability import run_child
 
+from drip import report as drip_report
 from drip.cli import lifelong as cli_lifelong
 from drip.cli import main
 from drip.data import load_digits
@@ -19,6 +20,7 @@ from drip.lifelong import memory, protocol, scenarios
 from drip.lifelong.metrics import forgetting
 from drip.lifelong.protocol import LIFELONG_ARMS, LifelongConfig, plan_life, round_test, run_lifelong
 from drip.lifelong.report import arm_titles, load_results, write_report
+from drip.report import read_results
 from drip.store import SampleStore
 
 DATA = load_digits().subset(range(700))
@@ -203,9 +205,12 @@ def test_drip_lifelong_runs_and_reports(tmp_path, capsys):
     assert (out / "accuracy_over_rounds.png").is_file()
 
 
-def test_drip_report_rerenders_a_lifelong_run(run, capsys):
+def test_drip_report_rerenders_a_lifelong_run_reading_its_results_once(run, capsys, monkeypatch):
     out, _ = run
     (out / "summary.md").unlink()
+    reads = []
+    monkeypatch.setattr(drip_report, "read_results", lambda path: reads.append(path) or read_results(path))
     assert main(["report", str(out)]) == 0
+    assert reads == [out / "results.json"]
     assert "DRIP minus each arm" in capsys.readouterr().out
     assert "DRIP minus each arm" in (out / "summary.md").read_text()

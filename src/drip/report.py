@@ -620,7 +620,12 @@ def read_results(path: Path) -> tuple[Any, tuple[Any, Any] | None]:
 
 def load_results(path: Path) -> dict[str, Any]:
     """Read a ``results.json`` written by ``drip.experiment``; another format or version is an error."""
-    results, found = read_results(path)
+    return checked_results(path, *read_results(path))
+
+
+def checked_results(path: Path, results: Any, found: tuple[Any, Any] | None) -> dict[str, Any]:
+    """``results`` as :func:`read_results` read them from ``path``, if ``drip.experiment`` wrote
+    them in a version this reads; else an error."""
     if found is None or found[0] != "drip-results" or found[1] not in READABLE_VERSIONS:
         raise DripInputError(
             f"{path}: expected drip results version {RESULTS_VERSION}, got {found!r}; rerun the experiment"

@@ -26,12 +26,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..lifelong import report as lifelong
     from ..lifelong.protocol import FORMAT as LIFELONG
-    from ..report import load_results, markdown, read_results, write_report
+    from ..report import checked_results, markdown, read_results, write_report
 
     path = args.run / "results.json"
-    _, found = read_results(path)
+    results, found = read_results(path)  # once: a long run's results are megabytes
     if found is not None and found[0] == LIFELONG:
-        print(lifelong.markdown(lifelong.write_report(lifelong.load_results(path), args.run)))
+        checked = lifelong.checked_results(path, results, found)
+        print(lifelong.markdown(lifelong.write_report(checked, args.run)))
     else:
-        print(markdown(write_report(load_results(path), args.run)))
+        print(markdown(write_report(checked_results(path, results, found), args.run)))
     return 0

@@ -235,7 +235,12 @@ def load_results(path: Path) -> dict[str, Any]:
     """A lifelong ``results.json``; another format or version is an error."""
     from ..report import read_results
 
-    results, found = read_results(path)
+    return checked_results(path, *read_results(path))
+
+
+def checked_results(path: Path, results: Any, found: tuple[Any, Any] | None) -> dict[str, Any]:
+    """``results`` as ``drip.report.read_results`` read them from ``path``, if they are a
+    lifelong run's of this version; else an error."""
     if found != (FORMAT, VERSION):
         raise DripInputError(f"{path}: expected {FORMAT} results version {VERSION}, got {found!r}")
     return results

@@ -11,7 +11,9 @@ storage goes*: which classes give up how much of their stream for a target savin
 * ``coverage``: the pooled cut, with a floor per class (coverage, as in CCS, Zheng et al. ICLR
   2023, applied to classes): no class keeps less than ``COVERAGE_SHARE`` of an equal share of
   the kept samples, ``floor_c = min(1, COVERAGE_SHARE * (1 - q_high) / (C * pi_c))`` of its own
-  samples, ``pi_c`` its frequency in the calibration data. So an easy class is never starved, and
+  samples, ``pi_c`` its frequency in the calibration data and C the number of classes that data
+  holds (a device's calibration reserve after a drift may hold a few of them: an equal share is
+  one of those few, not one of every class the model knows). So an easy class is never starved, and
   a rare class, whose equal share is most of it, keeps all or most of its samples. The pooled cut
   ``h`` is then lowered until the floors and the cut together keep the target share of the
   calibration samples: ``high_c = max(h, floor quantile of class c)``.
@@ -61,9 +63,10 @@ def quantile(values: np.ndarray, q: float) -> float:
 
 
 def coverage_floors(counts: np.ndarray, q_high: float) -> np.ndarray:
-    """Per class, the least fraction of its samples the ``coverage`` rule keeps."""
+    """Per class, the least fraction of its samples the ``coverage`` rule keeps (1 for a class
+    ``counts`` has none of)."""
     total = counts.sum()
-    share = COVERAGE_SHARE * (1 - q_high) * total / len(counts)
+    share = COVERAGE_SHARE * (1 - q_high) * total / max(int(np.count_nonzero(counts)), 1)
     with np.errstate(divide="ignore"):
         return np.minimum(1.0, share / counts.astype(np.float64))
 

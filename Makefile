@@ -65,7 +65,7 @@ bench-rules: $(STAMP)
 
 # drip lifelong against the rehearsal buffers: three scenarios on digits, MNIST and graded MNIST, a
 # 5% store, and synthetic speech, 3 seeds each, at the settings each table was made with:
-# benchmarks/results/lifelong/ (about 6 hours on one core).
+# benchmarks/results/lifelong/ (about 8 hours on one core).
 bench-lifelong: $(STAMP)
 	bash benchmarks/lifelong.sh
 

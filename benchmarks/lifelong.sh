@@ -2,11 +2,13 @@
 # The lifelong evidence of docs/lifelong.md: DRIP's device against the rehearsal buffers, every arm
 # at the same bytes and optimiser steps per round, 3 seeds each. Measured on one core of this
 # machine: about 2 minutes per digits run (6 with 600 steps), 13-18 per MNIST or graded MNIST run,
-# and 35 per seed of the speech run. Three tables, each at the settings it was made with:
+# 35 per seed of the first speech run (seven arms), about 85 for each three-arm speech run. Three
+# tables, each at the settings it was made with:
 # 1. benchmarks/results/lifelong/: the Training Phase's proxy stream at 20% of D0 and a full DRIP
 #    store shared equally among classes (--proxy-fraction 0.2 --shares equal);
 # 2. .../proxy64/: the proxy stream at today's 64%, shares still equal;
-# 3. .../band-shares/: today's defaults (shares band), on digits, MNIST and graded MNIST.
+# 3. .../band-shares/: today's defaults (shares band), on digits, MNIST and graded MNIST, with
+#    10pct/ (a 10% store) and speech/ (synthetic speech, three arms).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=PASSIVE
@@ -77,7 +79,7 @@ for scenario in class-incremental class-mix domain; do
 done
 .venv/bin/python benchmarks/lifelong_table.py runs/lifelong-10pct/*/ --out benchmarks/results/lifelong/band-shares/10pct
 # Synthetic speech at today's defaults: DRIP, the class-balanced reservoir and the unbounded store
-# (the bars' arms; all seven take about 70 minutes a run).
+# (the bars' arms; about 85 minutes a run with another run beside it on this 2-core machine).
 for scenario in class-incremental domain; do
   .venv/bin/drip lifelong --dataset speech-commands --data-dir "$speech" --scenario "$scenario" \
     --arms drip class-balanced unbounded --quiet --out "runs/lifelong-speech/speech-commands-$scenario"

@@ -62,7 +62,8 @@ def test_a_class_without_calibration_points_keeps_everything_under_coverage():
 @pytest.mark.parametrize("num_classes", [2, 3, 12])
 def test_the_coverage_floor_is_an_equal_share_among_the_classes_calibration_holds(num_classes):
     # A device's calibration reserve after a drift holds a few of the classes the model knows: the
-    # easy class still keeps half an equal share of the two present (25 of its 100), not of 12 (4).
+    # easy class still keeps half an equal share of the two present (25 of its 100); an equal share
+    # of all 12 kept 5 of them (3 classes: 17).
     t = Thresholds.from_scores(*EASY_AND_HARD, num_classes, q_high=0.5, rule="coverage")
     assert kept_per_class(t, *EASY_AND_HARD)[:2] == [25, 75]
 

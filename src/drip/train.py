@@ -78,7 +78,8 @@ def fit(
     desc: str = "train",
     log_every: int = 50,
 ) -> History:
-    """Train ``model`` on ``x: (N, ...)``, ``y: (N,)`` for exactly ``config.steps`` updates.
+    """Train ``model`` on ``x: (N, ...)``, ``y: (N,)`` for exactly ``config.steps`` updates, the
+    loss over the outputs of the classes ``y`` holds (see the module docstring).
 
     The model is left in ``eval()`` mode, ready to score or evaluate. The global RNG is untouched.
     """
@@ -129,9 +130,7 @@ def _lacking_outputs(y: torch.Tensor, num_outputs: int) -> torch.Tensor:
             f"y: labels must lie in [0, {num_outputs}) for a model of {num_outputs} outputs, "
             f"got {int(y.min())}..{int(y.max())}"
         )
-    lacking = torch.ones(num_outputs, dtype=torch.bool)
-    lacking[torch.unique(y)] = False
-    return lacking
+    return torch.bincount(y, minlength=num_outputs) == 0
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from drip.errors import DripInputError
 from drip.models import digits_cnn
 from drip.score import DripScorer, score_in_batches
 from drip.thresholds import model_fingerprint
-from drip.train import TrainConfig
+from drip.train import TrainConfig, parked_outputs
 
 
 def trial(q: float, only_reference: int, only_candidate: int, validation: int = 1000) -> BandTrial:
@@ -101,6 +101,17 @@ def test_cheap_mode_uses_given_q_high_and_no_search(d0):
     assert phase.trainings == 1
     assert phase.sizes["calibration"] == pytest.approx(0.2 * len(d0), abs=10)
     assert phase.sizes["scorer_train"] + phase.sizes["calibration"] == len(d0)
+
+
+def test_the_training_phase_parks_the_classes_d0_lacks(d0):
+    """A device that ships knowing its first classes: the outputs of the others were never
+    trained, and unparked they were the margin's rival of most calibration samples."""
+    first = d0.subset((d0.y < 4).nonzero().flatten())
+    phase = training_phase(first, digits_cnn, TrainConfig(steps=30), q_high=0.35, seed=1, progress=False)
+    assert parked_outputs(phase.scorer.model).nonzero().flatten().tolist() == [4, 5, 6, 7, 8, 9]
+    logits = phase.calibration_logits
+    rivals = logits.scatter(1, phase.calibration.y[:, None], -torch.inf).argmax(1)
+    assert int(rivals.max()) <= 3
 
 
 def test_bad_search_settings_are_refused(d0):

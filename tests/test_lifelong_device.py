@@ -18,7 +18,7 @@ from drip.models import digits_cnn
 from drip.score import DripScorer, score_in_batches
 from drip.store import SampleStore
 from drip.thresholds import Thresholds, model_fingerprint
-from drip.train import TrainConfig, fit
+from drip.train import TrainConfig, fit, parked_outputs
 
 TRAINING = RoundTraining(steps=12, batch_size=32)
 SAMPLE_BYTES = 64 * 4
@@ -140,18 +140,22 @@ def test_a_finished_round_is_read_back_not_redone(uninterrupted):
         again.close()
 
 
-def test_scratch_retraining_starts_from_the_initialisation(tmp_path):
+def test_scratch_retraining_starts_from_the_initialisation_and_parks_what_it_never_trained(tmp_path):
     dev = device(tmp_path, RoundTraining(steps=12, batch_size=32, retrain="scratch"))
     try:
         dev.live_round(0, OFFERED[0], RESERVES[0])
         x, y = dev.training_set()
     finally:
         dev.close()
+    assert set(y.tolist()) == {0, 1, 2, 3, 4}
     expected = fresh()
-    fit(expected, x, y, TRAINING.config, seed=3 * 1000 + 1, progress=False)
+    fit(expected, x, y, TRAINING.config, seed=3 * 1000 + 1, progress=False, park_lacking=True)
     state = torch.load(tmp_path / "model-r0.pt", weights_only=True)
     for name, value in expected.state_dict().items():
         torch.testing.assert_close(state[name], value)
+    retrained = fresh()
+    retrained.load_state_dict(state)
+    assert parked_outputs(retrained).nonzero().flatten().tolist() == [5, 6, 7, 8, 9]
 
 
 @pytest.mark.parametrize("share", [0.001, 0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.999])

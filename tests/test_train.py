@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from drip.errors import DripInputError
+from drip.errors import DripInputError, DripModelError
 from drip.models import digits_cnn
-from drip.train import TrainConfig, evaluate, fit, predict_logits
+from drip.train import TrainConfig, evaluate, fit, park_outputs, parked_outputs, predict_logits
 
 
 class CountingSGD(torch.optim.SGD):
@@ -104,3 +104,62 @@ def test_a_class_arriving_late_is_learnt_in_a_short_fine_tuning():
     fit(model, x_new, y_new, TrainConfig(steps=20, batch_size=32, lr=1e-2), progress=False)
     x_test, y_test = _blobs([2], 200, seed=3)
     assert evaluate(model, x_test, y_test) > 0.9
+
+
+def _rivals(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Each sample's strongest other class: the rival of the DRIP score's margin."""
+    return logits.scatter(1, y[:, None], -torch.inf).argmax(1)
+
+
+def test_outputs_never_trained_are_parked_and_lose_every_comparison():
+    """Masked, an untrained output keeps its initial weights, and its logit (a random projection
+    of features training grew) was the margin's rival for most samples of a device that knew a
+    few of its classes. Parked, it is never a rival nor a prediction."""
+    x, y = _blobs([0, 1], 100, seed=1)
+    rivals_outside = []
+    for park in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 6))
+        fit(model, x, y, TrainConfig(steps=300, batch_size=32), progress=False, park_lacking=park)
+        logits = predict_logits(model, x)
+        rivals_outside.append(float((_rivals(logits, y) > 1).float().mean()))
+    assert rivals_outside[0] > 0.5  # what parking is for: without it, most rivals are untrained
+    assert rivals_outside[1] == 0
+    assert parked_outputs(model).tolist() == [False, False, True, True, True, True]
+    assert int(predict_logits(model, torch.randn(500, 2) * 5).argmax(1).max()) <= 1
+
+
+def test_a_parked_output_starts_from_zero_when_its_class_arrives():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 4))
+    x, y = _blobs([0, 1], 100, seed=1)
+    fit(model, x, y, TrainConfig(steps=300, batch_size=32), progress=False, park_lacking=True)
+    x_new, y_new = _blobs([0, 1, 2], 100, seed=2)
+    fit(model, x_new, y_new, TrainConfig(steps=100, batch_size=32, lr=1e-2), progress=False)
+    assert parked_outputs(model).tolist() == [False, False, False, True]
+    x_test, y_test = _blobs([2], 200, seed=3)
+    assert evaluate(model, x_test, y_test) > 0.9
+
+
+def test_fine_tuning_keeps_a_learnt_class_the_training_set_lacks():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 4))
+    x, y = _blobs([0, 1, 2], 100, seed=1)
+    fit(model, x, y, TrainConfig(steps=300, batch_size=32), progress=False, park_lacking=True)
+    x_old, y_old = _blobs([0, 1], 100, seed=2)
+    fit(model, x_old, y_old, TrainConfig(steps=20, batch_size=32), progress=False)
+    assert parked_outputs(model).tolist() == [False, False, False, True]
+    x_test, y_test = _blobs([2], 200, seed=3)
+    assert evaluate(model, x_test, y_test) > 0.9
+
+
+def test_parking_needs_a_linear_output_layer_and_refuses_before_training():
+    model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 4, bias=False))
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = _blobs([0, 1], 10, seed=1)
+    with pytest.raises(DripModelError, match=r"nn\.Linear"):
+        fit(model, x, y, TrainConfig(steps=5), progress=False, park_lacking=True)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    with pytest.raises(DripModelError, match=r"nn\.Linear"):
+        park_outputs(model, torch.tensor([False, False, True, True]))
+    assert parked_outputs(model).tolist() == []

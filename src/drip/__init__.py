@@ -31,7 +31,7 @@ from .rules import DEFAULT_RULE, RULES
 from .score import STATISTICS, DripScorer, ScoredBatch, score_in_batches
 from .store import SampleStore, StoredSample
 from .thresholds import Thresholds, model_fingerprint
-from .train import History, TrainConfig, evaluate, fit, predict_logits
+from .train import History, TrainConfig, evaluate, fit, park_outputs, parked_outputs, predict_logits
 
 # Names of the modules loaded on first use, and the module each lives in.
 _ON_FIRST_USE = {
@@ -133,6 +133,8 @@ __all__ = [
     "fit",
     "model_fingerprint",
     "open_source",
+    "park_outputs",
+    "parked_outputs",
     "predict_logits",
     "resolve_device",
     "run_lifelong",

@@ -323,7 +323,9 @@ def training_phase(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = model_factory()
-        history = fit(model, data.x, data.y, config, seed=seed, progress=progress, desc=desc)
+        history = fit(
+            model, data.x, data.y, config, seed=seed, progress=progress, desc=desc, park_lacking=True
+        )
         trainings += 1
         one_training_s = history.elapsed_s
         return model

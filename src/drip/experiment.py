@@ -293,6 +293,7 @@ class _ArmTrainer:
             seed=self.seed,
             progress=self.progress,
             desc=f"seed {self.seed}: {name}",
+            park_lacking=True,
         )
         self.bar.update()
         record: dict[str, Any] = {

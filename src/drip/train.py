@@ -13,6 +13,15 @@ speech, 400 steps a round: the two classes that arrived last stayed at 0% in eve
 unbounded store's included; masked as here, or trained from scratch, they were learnt). Masking the
 outputs of classes not yet seen is the usual remedy of class-incremental learning (the "labels
 trick", Zeno et al. 2018). With every class in the training set nothing changes.
+
+Masked, an output the model never trained keeps its initial weights, and its logit is a random
+projection of features that training grew: it wins predictions and, above all, is the strongest
+rival of the DRIP score's margin for most samples of a device that knows a few of its classes
+(graded MNIST, two of ten classes learnt: every sample's rival was an untrained output). So a model
+trained from its initialisation can have those outputs **parked** (``park_lacking``): weight row
+zero, bias ``PARKED_BIAS``, so that they lose every comparison; ``fit`` starts a parked output from
+zero when its class arrives. Every path that reads logits (scores, the ONNX graph, predictions)
+then ranges over the classes the model has learnt, unchanged.
 """
 
 from __future__ import annotations
@@ -25,7 +34,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import DripInputError
+from .errors import DripInputError, DripModelError
+
+# A parked output's bias: its logit loses to any trained one by thousands, and stays finite, so
+# that scores and losses stay finite (float16's range included).
+PARKED_BIAS = -1e4
 
 
 @dataclass(frozen=True)
@@ -77,20 +90,26 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     log_every: int = 50,
+    park_lacking: bool = False,
 ) -> History:
     """Train ``model`` on ``x: (N, ...)``, ``y: (N,)`` for exactly ``config.steps`` updates, the
-    loss over the outputs of the classes ``y`` holds (see the module docstring).
+    loss over the outputs of the classes ``y`` holds (see the module docstring). A parked output
+    of a class ``y`` holds starts from zero; ``park_lacking`` parks the outputs of the classes it
+    lacks afterwards (for a model trained from its initialisation: they were never trained).
 
     The model is left in ``eval()`` mode, ready to score or evaluate. The global RNG is untouched.
     """
     if len(x) == 0 or len(x) != len(y):
         raise DripInputError(f"x/y: expected the same non-zero count, got {len(x)} and {len(y)}")
     device = next(model.parameters()).device
+    lacking = _lacking_outputs(y, predict_logits(model, x[:1]).shape[1]).to(device)
+    if park_lacking:
+        _output_layer(model, lacking.numel())  # refused before any step, not after the training
+    _unpark(model, ~lacking)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps)
     generator = torch.Generator().manual_seed(seed)
     history, running = History(), []
-    lacking = _lacking_outputs(y, predict_logits(model, x[:1]).shape[1]).to(device)
     masked = bool(lacking.any())
     start = time.perf_counter()
     model.train()
@@ -119,8 +138,56 @@ def fit(
                 bar.set_postfix(loss=f"{history.losses[-1]:.3f}")
                 running.clear()
     model.eval()
+    if park_lacking and masked:
+        park_outputs(model, lacking)
     history.elapsed_s = time.perf_counter() - start
     return history
+
+
+def _output_layer(model: nn.Module, num_outputs: int) -> nn.Linear:
+    """The model's last ``nn.Linear``, which must have a bias and make its ``num_outputs`` logits."""
+    layer = _last_linear(model)
+    if layer is None or layer.bias is None or layer.out_features != num_outputs:
+        raise DripModelError(
+            f"parking outputs needs a model whose last layer is an nn.Linear with a bias and "
+            f"{num_outputs} outputs; {type(model).__name__}'s last nn.Linear is {layer}"
+        )
+    return layer
+
+
+def _last_linear(model: nn.Module) -> nn.Linear | None:
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return layers[-1] if layers else None
+
+
+def parked_outputs(model: nn.Module) -> torch.Tensor:
+    """Which outputs of ``model`` are parked (empty for a model whose last ``nn.Linear`` has no
+    bias, or that has none)."""
+    layer = _last_linear(model)
+    if layer is None or layer.bias is None:
+        return torch.zeros(0, dtype=torch.bool)
+    with torch.no_grad():
+        return ((layer.bias <= PARKED_BIAS / 2) & (layer.weight == 0).all(1)).cpu()
+
+
+@torch.no_grad()
+def park_outputs(model: nn.Module, outputs: torch.Tensor) -> None:
+    """Park the outputs in the boolean mask ``outputs``: weight row zero, bias ``PARKED_BIAS``,
+    so that their logits lose to every other (see the module docstring)."""
+    layer = _output_layer(model, outputs.numel())
+    chosen = outputs.to(layer.bias.device)
+    layer.weight[chosen] = 0.0
+    layer.bias[chosen] = PARKED_BIAS
+
+
+@torch.no_grad()
+def _unpark(model: nn.Module, outputs: torch.Tensor) -> None:
+    """Start the parked ones among the outputs in mask ``outputs`` from zero."""
+    parked = parked_outputs(model)
+    if parked.numel() != outputs.numel() or not (parked & outputs.cpu()).any():
+        return
+    layer = _output_layer(model, outputs.numel())
+    layer.bias[(parked & outputs.cpu()).to(layer.bias.device)] = 0.0
 
 
 def _lacking_outputs(y: torch.Tensor, num_outputs: int) -> torch.Tensor:

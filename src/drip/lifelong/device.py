@@ -96,10 +96,16 @@ def retrain(
     progress: bool = False,
     desc: str = "retrain",
 ) -> tuple[nn.Module, float]:
-    """The model after one round's retraining on ``x``, ``y``, and the seconds it took."""
-    if training.retrain == "scratch":
+    """The model after one round's retraining on ``x``, ``y``, and the seconds it took. From
+    scratch, the outputs of the classes ``y`` lacks were never trained and are parked
+    (``drip.train``); fine-tuned, a parked output stays parked until its class arrives, and one
+    the model learnt earlier is kept."""
+    from_scratch = training.retrain == "scratch"
+    if from_scratch:
         model = fresh_model()
-    history = fit(model, x, y, training.config, seed=seed, progress=progress, desc=desc)
+    history = fit(
+        model, x, y, training.config, seed=seed, progress=progress, desc=desc, park_lacking=from_scratch
+    )
     return model, history.elapsed_s
 
 

@@ -241,7 +241,11 @@ class LifelongDevice:
             return int(run.kept.sum())
         band = DripFilter(self.scorer(), self.thresholds)  # decides; the reservoir stores
         reservoir = ClassBalancedReservoir(
-            self.store, self.thresholds.num_classes, self.seed, shares=self.shares
+            self.store,
+            self.thresholds.num_classes,
+            self.seed,
+            shares=self.shares,
+            offered_classes=set(samples.y.tolist()),
         )
         key = f"stream:{prefix}"
         start = int(self.store.checkpoint(key) or 0)

@@ -39,10 +39,10 @@ The weights are the ``shares`` rule:
   A class the round does not offer keeps at least that mean weight (the share CBRS gives every
   class). Its weight is the band's verdict from the rounds that offered it, which nothing can
   revise (a round's calibration reserve holds only what the round offers) and a later arrival
-  can make wrong, and what is evicted of it cannot come back. On graded MNIST, class 9 was judged
-  easy while its confusable partner 4 had not arrived; when 4 arrived the store had thinned 9 to
-  789 samples against 4's 1,761, and 9 ended at 5% accuracy (the class-balanced reservoir, 1,216
-  of each: 76%).
+  can make wrong, and what is evicted of it cannot come back. On graded MNIST (seed 2), class 9
+  was judged easy while its confusable partner 4 had not arrived, and thinned from 3,719 samples
+  to 1,224 while absent; once 4 arrived the store held 947 of 9 against 1,895 of 4, and 9 ended
+  at 15% accuracy (the class-balanced reservoir, 1,217 of each: 77%).
 
 Randomness is a function of the seed and each sample's source, not a generator's position, and
 the counts are committed with every batch: a device killed anywhere resumes with the same store.

@@ -134,45 +134,6 @@ def test_a_class_nothing_judged_yet_gets_the_mean_share_of_the_judged(tmp_path):
     assert abs(held[3] / held[0] - 7 / 12) < 0.06
 
 
-def _two_rounds(path, protect: bool) -> list[int]:
-    """Round A offers classes 0 (the band keeps all) and 2 (an eighth); round B classes 1 and 3
-    (half each). Held per class after B, each round its own reservoir, as on a device."""
-    generator = torch.Generator().manual_seed(2)
-    rounds = []
-    for classes, rates in (((0, 2), (1.0, 0.125)), ((1, 3), (0.5, 0.5))):
-        labels = [classes[i] for i in torch.randint(2, (3000,), generator=generator).tolist()]
-        draws = torch.rand(3000, generator=generator).tolist()
-        rounds.append((labels, [u < rates[classes.index(c)] for c, u in zip(labels, draws)]))
-    held = [0] * 4
-    with SampleStore(path, capacity_bytes=120 * SAMPLE_BYTES) as store:
-        offset = 0
-        for labels, inside in rounds:
-            offered = set(labels) if protect else None
-            reservoir = ClassBalancedReservoir(store, 4, 0, offered_classes=offered)
-            for start in range(0, len(labels), 64):
-                stop = min(start + 64, len(labels))
-                x = torch.zeros(stop - start, 2)
-                sources = [f"s{offset + i}" for i in range(start, stop)]
-                reservoir.offer(x, labels[start:stop], [0.0] * (stop - start), sources, inside[start:stop])
-            offset += len(labels)
-        for label, ids in store.ids_by_label().items():
-            held[label] = len(ids)
-    return held
-
-
-def test_a_class_the_round_does_not_offer_keeps_at_least_the_mean_share(tmp_path):
-    """A class judged easy while it arrived (class 2, an eighth in band) is thinned to its small
-    share; once no round offers it, nothing can revise that verdict and nothing it loses comes
-    back, so it is held at the mean weight: round B, with only classes 1 and 3 arriving, does not
-    evict it further (unprotected, its share shrinks again as B's classes come in)."""
-    protected = _two_rounds(tmp_path / "p.sqlite", protect=True)
-    unprotected = _two_rounds(tmp_path / "u.sqlite", protect=False)
-    assert sum(protected) == sum(unprotected) == 120
-    # After round A, class 2 held about 120 / 9 = 13; weights 1, 1/2, 1/8, 1/2 over B's share.
-    assert protected[2] >= 12
-    assert unprotected[2] <= 8
-
-
 def test_equal_shares_give_every_class_the_same_bytes_whatever_the_band_keeps(tmp_path):
     labels, inside = uneven_band()
     held = held_per_class(

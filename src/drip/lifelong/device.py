@@ -241,11 +241,7 @@ class LifelongDevice:
             return int(run.kept.sum())
         band = DripFilter(self.scorer(), self.thresholds)  # decides; the reservoir stores
         reservoir = ClassBalancedReservoir(
-            self.store,
-            self.thresholds.num_classes,
-            self.seed,
-            shares=self.shares,
-            offered_classes=set(samples.y.tolist()),
+            self.store, self.thresholds.num_classes, self.seed, shares=self.shares
         )
         key = f"stream:{prefix}"
         start = int(self.store.checkpoint(key) or 0)

@@ -36,14 +36,6 @@ The weights are the ``shares`` rule:
   new class of the hardest pair 3.5 times its judged partner's samples, and the partner ended at
   0.6% final accuracy in that seed).
 
-  A class the round does not offer keeps at least that mean weight (the share CBRS gives every
-  class). Its weight is the band's verdict from the rounds that offered it, which nothing can
-  revise (a round's calibration reserve holds only what the round offers) and a later arrival
-  can make wrong, and what is evicted of it cannot come back. On graded MNIST (seed 2), class 9
-  was judged easy while its confusable partner 4 had not arrived, and thinned from 3,719 samples
-  to 1,224 while absent; once 4 arrived the store held 947 of 9 against 1,895 of 4, and 9 ended
-  at 15% accuracy (the class-balanced reservoir, 1,217 of each: 77%).
-
 Randomness is a function of the seed and each sample's source, not a generator's position, and
 the counts are committed with every batch: a device killed anywhere resumes with the same store.
 """
@@ -52,7 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -73,9 +65,8 @@ def uniform(seed: int, source: str, purpose: str) -> float:
 
 class ClassBalancedReservoir:
     """Class-balanced reservoir sampling into ``store`` (which has ``capacity_bytes``), each
-    class's share weighted by ``shares``, state committed under the checkpoint ``state_name``;
-    ``offered_classes``: the classes the current round offers (None: all). See the module
-    docstring.
+    class's share weighted by ``shares``, state committed under the checkpoint ``state_name``.
+    See the module docstring.
 
     Example::
 
@@ -90,7 +81,6 @@ class ClassBalancedReservoir:
         seed: int,
         state_name: str = "reservoir",
         shares: Shares = DEFAULT_SHARES,
-        offered_classes: Collection[int] | None = None,
     ) -> None:
         if store.capacity_bytes is None:
             raise DripInputError("store: a class-balanced reservoir needs a SampleStore with capacity_bytes")
@@ -98,8 +88,6 @@ class ClassBalancedReservoir:
             raise DripInputError(f"shares: expected one of {SHARES}, got {shares!r}")
         self.store, self.num_classes, self.seed, self.state_name = store, num_classes, seed, state_name
         self.shares = shares
-        # None: every class is offered, so no weight is stale.
-        self.offered_classes = None if offered_classes is None else frozenset(offered_classes)
         saved = json.loads(store.checkpoint(state_name) or "{}")
         self.seen = list(saved.get("seen", [0] * num_classes))
         self.judged = list(saved.get("judged", [0] * num_classes))
@@ -188,11 +176,8 @@ class ClassBalancedReservoir:
         if self.shares == "equal":
             return [1.0] * self.num_classes
         rates = {c: (k + 1) / (j + 1) for c, (j, k) in enumerate(zip(judged, kept)) if j}
-        mean = sum(rates.values()) / len(rates) if rates else 1.0
-        weights = [rates.get(c, mean) for c in range(self.num_classes)]
-        if self.offered_classes is None:
-            return weights
-        return [w if c in self.offered_classes else max(w, mean) for c, w in enumerate(weights)]
+        unjudged = sum(rates.values()) / len(rates) if rates else 1.0
+        return [rates.get(c, unjudged) for c in range(self.num_classes)]
 
 
 def _most_over_share(held_bytes: dict[int, int], weights: list[float]) -> int:

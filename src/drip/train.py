@@ -96,8 +96,8 @@ def fit(
 ) -> History:
     """Train ``model`` on ``x: (N, ...)``, ``y: (N,)`` for exactly ``config.steps`` updates, the
     loss over the outputs of the classes ``y`` holds (see the module docstring). A parked output
-    of a class ``y`` holds gets its bias back (zero); ``park_lacking`` parks the outputs of the classes it
-    lacks afterwards (for a model trained from its initialisation: they were never trained).
+    of a class ``y`` holds gets its bias back (zero); ``park_lacking`` parks the outputs of the
+    classes it lacks afterwards (for a model trained from its initialisation: never trained).
 
     The model is left in ``eval()`` mode, ready to score or evaluate. The global RNG is untouched.
     """

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from drip.cam import target_logit_gradient
 from drip.data import load_or_fetch
 from drip.lifelong.protocol import LifelongConfig, plan_life, round_test, with_difficulty
 from drip.models import build_model
@@ -49,7 +50,7 @@ def main() -> None:
             model = build_model(config.model, pool.num_classes)
             model.load_state_dict(torch.load(path, weights_only=True))
             logits = predict_logits(model, samples.x)
-            rivals = logits.scatter(1, samples.y[:, None], -torch.inf).argmax(1)
+            rivals = target_logit_gradient("margin", logits, samples.y).argmin(1)  # the scorer's rival
             outside_rival = float((~torch.isin(rivals, learnt)).float().mean())
             outside_prediction = float((~torch.isin(logits.argmax(1), learnt)).float().mean())
             cells.append(

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from drip.cam import target_logit_gradient
 from drip.errors import DripInputError, DripModelError
 from drip.models import digits_cnn
 from drip.train import TrainConfig, evaluate, fit, park_outputs, parked_outputs, predict_logits
@@ -107,8 +108,8 @@ def test_a_class_arriving_late_is_learnt_in_a_short_fine_tuning():
 
 
 def _rivals(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Each sample's strongest other class: the rival of the DRIP score's margin."""
-    return logits.scatter(1, y[:, None], -torch.inf).argmax(1)
+    """Each sample's rival in the DRIP score's margin, as the scorer picks it."""
+    return target_logit_gradient("margin", logits, y).argmin(1)
 
 
 def test_outputs_never_trained_are_parked_and_lose_every_comparison():
@@ -168,3 +169,14 @@ def test_parking_needs_a_linear_output_layer_and_refuses_before_training():
     with pytest.raises(DripModelError, match=r"nn\.Linear"):
         park_outputs(model, torch.tensor([False, False, True, True]))
     assert parked_outputs(model).tolist() == []
+
+
+def test_park_outputs_takes_a_mask_and_refuses_indices():
+    model = nn.Sequential(nn.Linear(2, 4))
+    before = model[0].bias.detach().clone()
+    for bad in (torch.tensor([2, 3]), torch.tensor([[True, False, True, False]]), [True, False, True, False]):
+        with pytest.raises(DripInputError, match="boolean mask"):
+            park_outputs(model, bad)
+    assert torch.equal(model[0].bias, before)
+    park_outputs(model, torch.tensor([False, False, True, True]))
+    assert parked_outputs(model).tolist() == [False, False, True, True]

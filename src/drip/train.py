@@ -174,8 +174,10 @@ def parked_outputs(model: nn.Module) -> torch.Tensor:
 
 @torch.no_grad()
 def park_outputs(model: nn.Module, outputs: torch.Tensor) -> None:
-    """Park the outputs in the boolean mask ``outputs``: bias ``PARKED_BIAS``, so that their
-    logits lose to every other (see the module docstring)."""
+    """Park the outputs in the boolean mask ``outputs`` (one flag per output): bias
+    ``PARKED_BIAS``, so that their logits lose to every other (see the module docstring)."""
+    if not isinstance(outputs, torch.Tensor) or outputs.dtype != torch.bool or outputs.dim() != 1:
+        raise DripInputError(f"outputs: expected a 1-D boolean mask, one flag per output, got {outputs!r}")
     layer = _output_layer(model, outputs.numel())
     layer.bias[outputs.to(layer.bias.device)] = PARKED_BIAS
 
@@ -183,11 +185,10 @@ def park_outputs(model: nn.Module, outputs: torch.Tensor) -> None:
 @torch.no_grad()
 def _unpark(model: nn.Module, outputs: torch.Tensor) -> None:
     """Give the parked ones among the outputs in mask ``outputs`` their bias back (zero)."""
-    parked = parked_outputs(model)
-    if parked.numel() != outputs.numel() or not (parked & outputs.cpu()).any():
-        return
-    layer = _output_layer(model, outputs.numel())
-    layer.bias[(parked & outputs.cpu()).to(layer.bias.device)] = 0.0
+    layer = _last_linear(model)
+    if layer is None or layer.bias is None or layer.out_features != outputs.numel():
+        return  # no output layer to park in, so nothing is parked
+    layer.bias[(layer.bias <= PARKED_BIAS / 2) & outputs.to(layer.bias.device)] = 0.0
 
 
 def _lacking_outputs(y: torch.Tensor, num_outputs: int) -> torch.Tensor:
